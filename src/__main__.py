@@ -1,0 +1,50 @@
+"""Command line: ``python -m src {data,train,export,predict,tag} ...`` (``python -m src CMD --help``)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .helpers import quiet_torchscript
+
+# command -> (module, function adding its arguments, function running it, one-line help)
+COMMANDS = {
+    "data": ("src.data_cli", "add_data_arguments", "data_main", "find or download the photos, check them, print mean/std"),
+    "train": ("src.train", "add_train_arguments", "train_main", "train a model (scratch CNN or transfer)"),
+    "export": ("src.predictor", "add_export_arguments", "export_main", "export a checkpoint to TorchScript (and ONNX)"),
+    "predict": ("src.tagging", "add_predict_arguments", "predict_main", "top-k landmarks and location for photos"),
+    "tag": ("src.tagging", "add_tag_arguments", "tag_main", "tag every photo in a folder into a CSV"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m src", description="Landmark Tagger")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, add_args, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        getattr(importlib.import_module(module), add_args)(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    module, _, run, _ = COMMANDS[args.command]
+    with quiet_torchscript():
+        try:
+            return int(getattr(importlib.import_module(module), run)(args) or 0)
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            return 130
+        except Exception as exc:  # a user sees one line, not a traceback; LANDMARK_DEBUG=1 shows it
+            import os  # noqa: PLC0415
+
+            if os.environ.get("LANDMARK_DEBUG"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

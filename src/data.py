@@ -1,0 +1,644 @@
+"""The landmark photos: where they are, getting them, checking them, and the data loaders.
+
+A data set is a folder with ``train/NN.Name/*`` and ``test/NN.Name/*`` (the course layout), or a zip of one.
+Class names come from the folders; nothing assumes 50 classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from tqdm.auto import tqdm
+
+from .helpers import PROJECT_ROOT, atomic_write_json
+from .images import ImageLoadError, is_candidate_image, open_image
+
+log = logging.getLogger(__name__)
+
+COURSE_DATA_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "landmark_images"
+DATA_ENV_VAR = "LANDMARK_DATA"
+CACHE_ENV_VAR = "LANDMARK_CACHE"
+CACHE_DIR_NAME = ".landmark_cache"
+DEFAULT_IMG_SIZE = 224
+
+
+class DataNotFoundError(RuntimeError):
+    """No data set could be found or fetched; the message is one line and says what to do."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where the data is, and fetching it
+# --------------------------------------------------------------------------------------------------------------
+
+def _has_layout(folder: Path) -> bool:
+    return (folder / "train").is_dir() and (folder / "test").is_dir()
+
+
+def find_dataset_root(folder: str | os.PathLike) -> Path | None:
+    """The folder holding ``train/`` and ``test/``: ``folder`` itself or one level below it (zips often nest)."""
+    folder = Path(folder)
+    if _has_layout(folder):
+        return folder
+    if folder.is_dir():
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+        for sub in subdirs:
+            if _has_layout(sub):
+                return sub
+    return None
+
+
+def _no_data_message(reason: str) -> str:
+    return (
+        f"No landmark data: {reason}. Point the project at local data with "
+        f"LANDMARK_DATA=/path/to/landmark_images (a folder with train/ and test/, or its .zip), "
+        f"or pass data_dir=... / --data-dir, or download {COURSE_DATA_URL} by hand."
+    )
+
+
+def download_file(url: str, dest: str | os.PathLike, timeout: float = 30.0, chunk_size: int = 1 << 20) -> Path:
+    """Stream ``url`` to ``dest`` with a progress bar, resuming from ``dest + '.part'`` when one is there.
+
+    The file only gets its final name once complete. Raises :class:`DataNotFoundError` (one line) when the
+    network or server fails.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "landmark-tagger"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # asked past the end: the partial file is already complete
+            part.replace(dest)
+            return dest
+        raise DataNotFoundError(_no_data_message(f"download of {url} failed (HTTP {exc.code} {exc.reason})")) from None
+    except (urllib.error.URLError, socket.timeout, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DataNotFoundError(_no_data_message(f"cannot reach {url} ({reason})")) from None
+    with response:
+        if have and response.status != 206:
+            have = 0  # the server ignored the Range header: start over
+        length = response.headers.get("Content-Length")
+        total = (int(length) + have) if length is not None else None
+        mode = "ab" if have else "wb"
+        try:
+            with open(part, mode) as fh, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=f"Downloading {dest.name}"
+            ) as bar:
+                while True:
+                    chunk = response.read(chunk_size)
+                    if not chunk:
+                        break
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+            raise DataNotFoundError(
+                _no_data_message(f"download of {url} broke off after {part.stat().st_size} bytes ({exc}); "
+                                 f"run again to resume")
+            ) from None
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise DataNotFoundError(
+            _no_data_message(f"download of {url} stopped at {got} of {total} bytes; run again to resume")
+        )
+    part.replace(dest)
+    return dest
+
+
+def verify_zip(path: str | os.PathLike) -> None:
+    """Raise :class:`DataNotFoundError` unless the zip opens and every member's CRC checks."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataNotFoundError(f"{path}: not a valid zip file ({exc}); delete it and download again") from None
+    if bad is not None:
+        raise DataNotFoundError(f"{path}: member {bad!r} fails its CRC check; delete it and download again")
+
+
+def extract_zip(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Verify ``path`` then extract it so that ``dest`` holds ``train/`` and ``test/``.
+
+    Extraction goes to a temporary folder beside ``dest`` that is renamed into place only when complete, so an
+    interrupted or failed extraction never leaves a half data set at ``dest``.
+    """
+    path, dest = Path(path), Path(dest)
+    verify_zip(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in tqdm(zf.infolist(), desc=f"Extracting {path.name}", unit="file"):
+                target = (tmp / member.filename).resolve()
+                if not str(target).startswith(str(tmp.resolve())):
+                    raise DataNotFoundError(f"{path}: member {member.filename!r} escapes the target folder")
+                zf.extract(member, tmp)
+        root = find_dataset_root(tmp)
+        if root is None:
+            raise DataNotFoundError(f"{path}: the zip has no train/ and test/ folders (the course layout)")
+        if dest.exists():
+            shutil.rmtree(dest)
+        root.replace(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _from_zip(zip_path: Path) -> Path:
+    dest = DEFAULT_DATA_DIR.parent / zip_path.stem
+    if find_dataset_root(dest) is not None:
+        return find_dataset_root(dest)
+    return extract_zip(zip_path, dest)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, download: bool = True,
+                     url: str = COURSE_DATA_URL) -> Path:
+    """The data set's root folder (holding ``train/`` and ``test/``).
+
+    Chosen in order by ``data_dir``, the ``LANDMARK_DATA`` environment variable (a folder or a local zip), or
+    the default location ``data/landmark_images``, downloading the course zip there when it is missing.
+    A second call finds the data and does nothing.
+    """
+    for source, value in (("data_dir", data_dir), (DATA_ENV_VAR, os.environ.get(DATA_ENV_VAR) or None)):
+        if value is None:
+            continue
+        candidate = Path(value).expanduser()
+        if candidate.is_file() and zipfile.is_zipfile(candidate):
+            return _from_zip(candidate)
+        root = find_dataset_root(candidate)
+        if root is None:
+            raise DataNotFoundError(
+                f"{candidate} (from {source}) is not a landmark data set: it needs train/ and test/ class "
+                f"folders like train/00.Haleakala_National_Park, or be a .zip of such a folder"
+            )
+        return root
+    root = find_dataset_root(DEFAULT_DATA_DIR)
+    if root is not None:
+        return root
+    if not download:
+        raise DataNotFoundError(_no_data_message(f"nothing at {DEFAULT_DATA_DIR}"))
+    zip_path = DEFAULT_DATA_DIR.parent / "landmark_images.zip"
+    if not zip_path.exists():
+        download_file(url, zip_path)
+    try:
+        return extract_zip(zip_path, DEFAULT_DATA_DIR)
+    except DataNotFoundError:
+        zip_path.unlink(missing_ok=True)  # a corrupt download is useless; the next run fetches it afresh
+        raise
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classes, samples, checking the files, the split
+# --------------------------------------------------------------------------------------------------------------
+
+def class_display_name(folder_name: str) -> str:
+    """``"00.Haleakala_National_Park"`` -> ``"Haleakala National Park"``."""
+    name = folder_name
+    head, sep, tail = name.partition(".")
+    if sep and head.isdigit():
+        name = tail
+    return name.replace("_", " ").strip()
+
+
+def list_classes(split_dir: str | os.PathLike) -> list[str]:
+    """Class folder names of one split, sorted (``00.`` prefixes make that the course's order)."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DataNotFoundError(f"{split_dir}: no such folder")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataNotFoundError(f"{split_dir}: no class folders inside")
+    return classes
+
+
+def scan_split(split_dir: str | os.PathLike, class_names: Sequence[str] | None = None) -> list[tuple[Path, int]]:
+    """``(path, class index)`` for every candidate photo of a split, in a fixed order (class, then file name).
+
+    Photos are found by content later, not by extension; hidden files and junk like ``.DS_Store`` are ignored.
+    """
+    split_dir = Path(split_dir)
+    found = list_classes(split_dir)
+    if class_names is None:
+        class_names = found
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [name for name in found if name not in index]
+    if unknown:
+        raise DataNotFoundError(f"{split_dir}: class folders {unknown} are not among the training classes")
+    samples = []
+    for name in found:
+        folder = split_dir / name
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for fname in sorted(files):
+                if is_candidate_image(fname):
+                    samples.append((Path(root) / fname, index[name]))
+    samples.sort(key=lambda s: (s[1], str(s[0].relative_to(split_dir))))
+    return samples
+
+
+def cache_dir_for(data_root: str | os.PathLike) -> Path:
+    """Where derived data (file checks, mean/std, features) for a data set is cached.
+
+    Next to the data when that folder is writable; otherwise (read-only data such as ``../shared``) under
+    ``$LANDMARK_CACHE`` or ``~/.cache/landmark_tagger``, in a folder named after the data set's path.
+    """
+    data_root = Path(data_root).resolve()
+    override = os.environ.get(CACHE_ENV_VAR)
+    if not override:
+        local = data_root / CACHE_DIR_NAME
+        try:
+            # Mode bits, not os.access: root may write anywhere, but a folder marked read-only stays untouched.
+            if not data_root.stat().st_mode & stat.S_IWUSR:
+                raise PermissionError(f"{data_root} is marked read-only")
+            local.mkdir(exist_ok=True)
+            probe = local / ".write_test"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return local
+        except OSError:
+            pass
+    base = Path(override) if override else Path.home() / ".cache" / "landmark_tagger"
+    tag = hashlib.sha1(str(data_root).encode()).hexdigest()[:12]
+    out = base / f"{data_root.name}-{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def fingerprint(paths: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
+    """A key that changes when a file is added, removed, renamed or rewritten (name, size, mtime)."""
+    h = hashlib.sha1()
+    for p in sorted(map(str, paths)):
+        st = os.stat(p)
+        rel = os.path.relpath(p, root) if root else p
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _check_one(path: Path) -> str | None:
+    try:
+        open_image(path, draft_size=64)
+        return None
+    except ImageLoadError as exc:
+        return exc.reason
+
+
+@dataclass
+class CheckResult:
+    good: list[tuple[Path, int]]
+    bad: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def check_images(samples: Sequence[tuple[Path, int]], cache_file: Path | None = None,
+                 desc: str = "Checking photos") -> CheckResult:
+    """Decode every file once; report (log, one line each) and leave out the ones that are not usable photos.
+
+    Results are cached per file (keyed by size and mtime) so a second run checks only what changed.
+    """
+    cache: dict[str, list] = {}
+    if cache_file is not None and cache_file.exists():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    keys, todo = [], []
+    for path, _ in samples:
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        keys.append(key)
+        if key not in cache:
+            todo.append((key, path))
+    if todo:
+        workers = min(8, (os.cpu_count() or 2) * 2)
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(lambda kp: _check_one(kp[1]), todo), total=len(todo), desc=desc,
+                                unit="img", disable=len(todo) < 200))
+        for (key, _), reason in zip(todo, results):
+            cache[key] = [reason]
+        if cache_file is not None:
+            try:
+                atomic_write_json(cache_file, {k: cache[k] for k in keys})
+            except OSError as exc:
+                log.debug("could not write %s: %s", cache_file, exc)
+    result = CheckResult(good=[])
+    for (path, label), key in zip(samples, keys):
+        reason = cache[key][0]
+        if reason is None:
+            result.good.append((path, label))
+        else:
+            result.bad.append((path, reason))
+            log.warning("Skipping %s: %s", path, reason)
+    return result
+
+
+def _stable_order_key(path: Path, seed: int) -> str:
+    return hashlib.sha1(f"{seed}:{path.name}".encode()).hexdigest()
+
+
+def stratified_split(samples: Sequence[tuple[Path, int]], valid_size: float = 0.2,
+                     seed: int = 42) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Split per class into train/valid, the same on every run and machine (hash order, not an RNG)."""
+    if not 0 <= valid_size < 1:
+        raise ValueError(f"valid_size must be in [0, 1), got {valid_size}")
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    train, valid = [], []
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda s: _stable_order_key(s[0], seed))
+        n_valid = int(round(len(items) * valid_size))
+        if valid_size > 0 and len(items) > 1:
+            n_valid = min(max(n_valid, 1), len(items) - 1)
+        valid.extend(items[:n_valid])
+        train.extend(items[n_valid:])
+    key = lambda s: (s[1], str(s[0]))  # noqa: E731
+    return sorted(train, key=key), sorted(valid, key=key)
+
+
+def limit_samples(samples: Sequence[tuple[Path, int]], limit: int) -> list[tuple[Path, int]]:
+    """At most ``limit`` samples, taken round-robin over the classes so every class stays represented."""
+    if limit is None or limit < 0 or limit >= len(samples):
+        return list(samples)
+    by_class: dict[int, list] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    out, i = [], 0
+    while len(out) < limit:
+        for label in sorted(by_class):
+            if i < len(by_class[label]) and len(out) < limit:
+                out.append(by_class[label][i])
+        i += 1
+    return sorted(out, key=lambda s: (s[1], str(s[0])))
+
+
+@dataclass
+class LandmarkData:
+    """Everything known about one data set: root, classes, checked samples per split, bad files."""
+    root: Path
+    class_names: list[str]
+    train: list[tuple[Path, int]]
+    valid: list[tuple[Path, int]]
+    test: list[tuple[Path, int]]
+    bad_files: list[tuple[Path, str]]
+    cache_dir: Path
+
+    @property
+    def display_names(self) -> list[str]:
+        return [class_display_name(c) for c in self.class_names]
+
+
+def load_landmark_data(data_dir: str | os.PathLike | None = None, valid_size: float = 0.2, seed: int = 42,
+                       download: bool = True) -> LandmarkData:
+    """Find the data, list and check every photo, and split train/valid deterministically."""
+    root = resolve_data_dir(data_dir, download=download)
+    class_names = list_classes(root / "train")
+    cache_dir = cache_dir_for(root)
+    train_all = check_images(scan_split(root / "train", class_names), cache_dir / "checked_train.json",
+                             desc="Checking train photos")
+    test = check_images(scan_split(root / "test", class_names), cache_dir / "checked_test.json",
+                        desc="Checking test photos")
+    train, valid = stratified_split(train_all.good, valid_size, seed)
+    return LandmarkData(root=root, class_names=class_names, train=train, valid=valid, test=test.good,
+                        bad_files=train_all.bad + test.bad, cache_dir=cache_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalisation statistics
+# --------------------------------------------------------------------------------------------------------------
+
+def _channel_sums(path: Path, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    img = open_image(path, draft_size=size)
+    img = img.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
+    return arr.sum(0), (arr**2).sum(0), arr.shape[0]
+
+
+def compute_mean_and_std(data_dir: str | os.PathLike | None = None, size: int = 64,
+                         samples: Sequence[tuple[Path, int]] | None = None,
+                         cache: bool = True) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training photos (never the test set), on images downscaled to ``size``.
+
+    Cached in the data set's cache folder, keyed to the training files, so a changed data set recomputes.
+    """
+    root = resolve_data_dir(data_dir)
+    if samples is None:
+        samples = check_images(scan_split(root / "train"), cache_dir_for(root) / "checked_train.json").good
+    paths = [p for p, _ in samples]
+    if not paths:
+        raise DataNotFoundError(f"{root}: no usable training photos to compute mean/std from")
+    key = fingerprint(paths, root) + f"-{size}"
+    cache_file = cache_dir_for(root) / "mean_std.json"
+    if cache and cache_file.exists():
+        try:
+            cached = json.loads(cache_file.read_text())
+            if cached.get("key") == key:
+                return cached["mean"], cached["std"]
+        except (OSError, ValueError, KeyError):
+            pass
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    with ThreadPoolExecutor(min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for s, sq, n in tqdm(pool.map(lambda p: _channel_sums(p, size), paths), total=len(paths),
+                             desc="Computing mean/std", unit="img", disable=len(paths) < 200):
+            total += s
+            total_sq += sq
+            count += n
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    mean_l, std_l = [float(x) for x in mean], [float(x) for x in std]
+    if cache:
+        try:
+            atomic_write_json(cache_file, {"key": key, "mean": mean_l, "std": std_l, "n_images": len(paths)})
+        except OSError as exc:
+            log.debug("could not write %s: %s", cache_file, exc)
+    return mean_l, std_l
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Transforms, data set, loaders
+# --------------------------------------------------------------------------------------------------------------
+
+def resize_size_for(img_size: int) -> int:
+    """The shorter-side resize before a center crop of ``img_size`` (256 for 224, as in ImageNet practice)."""
+    return int(math.floor(img_size * 256 / 224))
+
+
+def get_transforms(split: str, img_size: int = DEFAULT_IMG_SIZE, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                   std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "standard") -> transforms.Compose:
+    """Training: random resized crop, flip and mild colour changes; valid/test: resize + center crop.
+
+    ``augment``: ``"standard"`` (above), ``"strong"`` (adds TrivialAugment and random erasing) or
+    ``"course"`` (Resize(256) + RandomCrop(224) + flip, as the course notebooks do).
+    """
+    resize = resize_size_for(img_size)
+    normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    if split != "train":
+        return transforms.Compose([transforms.Resize(resize, antialias=True), transforms.CenterCrop(img_size),
+                                   *normalize])
+    if augment == "course":
+        return transforms.Compose([transforms.Resize(resize, antialias=True), transforms.RandomCrop(img_size),
+                                   transforms.RandomHorizontalFlip(), *normalize])
+    ops = [transforms.RandomResizedCrop(img_size, scale=(0.25, 1.0), antialias=True),
+           transforms.RandomHorizontalFlip()]
+    if augment == "strong":
+        ops.append(transforms.TrivialAugmentWide())
+        return transforms.Compose([*ops, *normalize, transforms.RandomErasing(p=0.25)])
+    if augment != "standard":
+        raise ValueError(f"augment must be one of 'standard', 'strong', 'course'; got {augment!r}")
+    ops.append(transforms.ColorJitter(0.2, 0.2, 0.2))
+    return transforms.Compose([*ops, *normalize])
+
+
+class LandmarkDataset(Dataset):
+    """Photos and labels; decodes with :func:`src.images.open_image` (any format, EXIF orientation applied).
+
+    ``cache_images=True`` decodes each photo once, resized so its shorter side is ``cache_size``, and keeps it in
+    memory as uint8: later epochs skip decoding entirely (what a GPU run needs to stay fed).
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform=None, class_names: Sequence[str] = (),
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 cache_images: bool = False, cache_size: int = 256):
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+        self.class_names = list(class_names)
+        self.mean = list(mean) if mean is not None else None
+        self.std = list(std) if std is not None else None
+        self.cache_size = cache_size
+        self._cache: list[np.ndarray | None] | None = [None] * len(self.samples) if cache_images else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int) -> Image.Image:
+        path = self.samples[index][0]
+        if self._cache is None:
+            return open_image(path, draft_size=self.cache_size)
+        arr = self._cache[index]
+        if arr is None:
+            img = open_image(path, draft_size=self.cache_size)
+            scale = self.cache_size / min(img.size)
+            if scale < 1:
+                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                                 Image.BILINEAR, reducing_gap=2.0)
+            arr = np.asarray(img, dtype=np.uint8)
+            self._cache[index] = arr
+        return Image.fromarray(arr)
+
+    def __getitem__(self, index: int):
+        img = self.load_image(index)
+        label = self.samples[index][1]
+        return (self.transform(img) if self.transform is not None else img), label
+
+
+def _resolve_workers(num_workers: int) -> int:
+    return (os.cpu_count() or 1) if num_workers is None or num_workers < 0 else num_workers
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 42,
+                sampler=None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader with pinned memory on CUDA, persistent workers, and a seeded shuffle."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+        num_workers=num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+        generator=generator, drop_last=drop_last,
+    )
+
+
+def get_data_loaders(batch_size: int = 32, valid_size: float = 0.2, num_workers: int = -1, limit: int = -1,
+                     data_dir: str | os.PathLike | None = None, img_size: int = DEFAULT_IMG_SIZE,
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int = 42,
+                     augment: str = "standard", cache_images: bool = False,
+                     data: LandmarkData | None = None) -> dict[str, DataLoader]:
+    """Data loaders ``{"train", "valid", "test"}`` over the landmark photos.
+
+    Images come out as float tensors ``[B, 3, img_size, img_size]`` normalised with the data set's own mean/std
+    (computed on the training photos unless given). Each loader's ``.dataset`` carries ``class_names``, ``mean``
+    and ``std``. ``limit`` > 0 keeps at most that many photos per split (all classes kept), for quick runs.
+    """
+    if data is None:
+        data = load_landmark_data(data_dir, valid_size=valid_size, seed=seed)
+    if mean is None or std is None:
+        mean, std = compute_mean_and_std(data.root, samples=data.train + data.valid)
+    num_workers = _resolve_workers(num_workers)
+    loaders = {}
+    for split, samples in (("train", data.train), ("valid", data.valid), ("test", data.test)):
+        dataset = LandmarkDataset(limit_samples(samples, limit), get_transforms(split, img_size, mean, std, augment),
+                                  class_names=data.class_names, mean=mean, std=std, cache_images=cache_images,
+                                  cache_size=resize_size_for(img_size))
+        loaders[split] = make_loader(dataset, batch_size, shuffle=(split == "train"), num_workers=num_workers,
+                                     seed=seed)
+    return loaders
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Looking at the data
+# --------------------------------------------------------------------------------------------------------------
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo ``Normalize``: back to [0, 1] for display."""
+    m = torch.as_tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * s + m).clamp(0, 1)
+
+
+def visualize_one_batch(data_loaders: dict[str, DataLoader], max_n: int = 5, split: str = "train"):
+    """Show up to ``max_n`` un-normalised images of one batch with their landmark names; returns the figure."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - plotting is optional for library users
+
+    loader = data_loaders[split]
+    ds = loader.dataset
+    images, labels = next(iter(loader))
+    images = denormalize(images[:max_n], ds.mean, ds.std)
+    n = images.shape[0]
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.4), squeeze=False)
+    for ax, img, label in zip(axes[0], images, labels[:max_n]):
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_title(class_display_name(ds.class_names[int(label)]), fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_channel_histograms(data_loaders: dict[str, DataLoader], split: str = "train", bins: int = 64):
+    """RGB channel histograms of one batch before and after normalisation; returns the figure."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    loader = data_loaders[split]
+    ds = loader.dataset
+    images, _ = next(iter(loader))
+    raw = denormalize(images, ds.mean, ds.std)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    for ax, data, title in ((axes[0], raw, "before normalisation (pixel value in [0, 1])"),
+                            (axes[1], images, "after normalisation (data set mean/std)")):
+        for c, colour in enumerate(("red", "green", "blue")):
+            ax.hist(data[:, c].flatten().numpy(), bins=bins, color=colour, alpha=0.45, label=colour)
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+    fig.tight_layout()
+    return fig
