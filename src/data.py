@@ -2,21 +2,27 @@
 
 A data set is a folder with ``train/NN.Name/*`` and ``test/NN.Name/*`` (the course layout), or a zip of one.
 Class names come from the folders; nothing assumes 50 classes.
+
+Environment: ``LANDMARK_DATA`` (a data folder or zip to use), ``LANDMARK_DATA_HOME`` (where downloads and
+extracted zips go, default ``PROJECT_ROOT/data``), ``LANDMARK_DATA_URL`` (the course zip's URL),
+``LANDMARK_CACHE`` (where derived data goes when the data folder is read-only, or always when set).
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import math
 import os
 import shutil
-import socket
 import stat
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +41,14 @@ from .images import ImageLoadError, is_candidate_image, open_image
 log = logging.getLogger(__name__)
 
 COURSE_DATA_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
-DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "landmark_images"
-DATA_ENV_VAR = "LANDMARK_DATA"
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "landmark_images"  # when LANDMARK_DATA_HOME is not set
+DATA_ENV_VAR = "LANDMARK_DATA"  # a data folder or zip to use instead of the download
+DATA_HOME_ENV_VAR = "LANDMARK_DATA_HOME"  # where downloads and extracted zips go (default PROJECT_ROOT/data)
+DATA_URL_ENV_VAR = "LANDMARK_DATA_URL"  # where the course zip is downloaded from (default COURSE_DATA_URL)
 CACHE_ENV_VAR = "LANDMARK_CACHE"
 CACHE_DIR_NAME = ".landmark_cache"
 DEFAULT_IMG_SIZE = 224
+ZIP_SOURCE_MARKER = ".landmark_zip_source.json"
 
 
 class DataNotFoundError(RuntimeError):
@@ -49,6 +58,22 @@ class DataNotFoundError(RuntimeError):
 # --------------------------------------------------------------------------------------------------------------
 # Where the data is, and fetching it
 # --------------------------------------------------------------------------------------------------------------
+
+def data_home() -> Path:
+    """The folder holding downloaded and extracted data: ``$LANDMARK_DATA_HOME``, else ``PROJECT_ROOT/data``."""
+    override = os.environ.get(DATA_HOME_ENV_VAR)
+    return Path(override).expanduser() if override else DEFAULT_DATA_DIR.parent
+
+
+def default_data_dir() -> Path:
+    """Where the course download is extracted: ``data_home()/landmark_images``."""
+    return data_home() / DEFAULT_DATA_DIR.name
+
+
+def data_url(url: str | None = None) -> str:
+    """The course zip's URL: ``url``, else ``$LANDMARK_DATA_URL``, else :data:`COURSE_DATA_URL`."""
+    return url or os.environ.get(DATA_URL_ENV_VAR) or COURSE_DATA_URL
+
 
 def _has_layout(folder: Path) -> bool:
     return (folder / "train").is_dir() and (folder / "test").is_dir()
@@ -67,23 +92,30 @@ def find_dataset_root(folder: str | os.PathLike) -> Path | None:
     return None
 
 
-def _no_data_message(reason: str) -> str:
+def _no_data_message(reason: str, url: str | None = None) -> str:
+    url = data_url(url)
+    fetch = "download it by hand" if url in reason else f"download {url} by hand"
     return (
         f"No landmark data: {reason}. Point the project at local data with "
         f"LANDMARK_DATA=/path/to/landmark_images (a folder with train/ and test/, or its .zip), "
-        f"or pass data_dir=... / --data-dir, or download {COURSE_DATA_URL} by hand."
+        f"or pass data_dir=... / --data-dir, or {fetch}."
     )
 
 
-def download_file(url: str, dest: str | os.PathLike, timeout: float = 30.0, chunk_size: int = 1 << 20) -> Path:
-    """Stream ``url`` to ``dest`` with a progress bar, resuming from ``dest + '.part'`` when one is there.
+class _BrokenTransfer(Exception):
+    """The connection dropped mid-download; what arrived is kept in the ``.part`` file for a resume."""
 
-    The file only gets its final name once complete. Raises :class:`DataNotFoundError` (one line) when the
-    network or server fails.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``"bytes 100-199/1000"`` -> ``(100, 1000)``; unknown parts are ``None``."""
+    if not value or not value.startswith("bytes "):
+        return None, None
+    span, _, total = value[6:].partition("/")
+    start = span.partition("-")[0]
+    return (int(start) if start.strip().isdigit() else None), (int(total) if total.strip().isdigit() else None)
+
+
+def _download_once(url: str, part: Path, timeout: float, chunk_size: int, desc: str) -> None:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "landmark-tagger"})
     if have:
@@ -91,22 +123,24 @@ def download_file(url: str, dest: str | os.PathLike, timeout: float = 30.0, chun
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # asked past the end: the partial file is already complete
-            part.replace(dest)
-            return dest
-        raise DataNotFoundError(_no_data_message(f"download of {url} failed (HTTP {exc.code} {exc.reason})")) from None
-    except (urllib.error.URLError, socket.timeout, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DataNotFoundError(_no_data_message(f"cannot reach {url} ({reason})")) from None
+        if exc.code == 416 and have:  # asked past the end: the partial file is complete (the zip check decides)
+            return
+        raise DataNotFoundError(_no_data_message(f"download of {url} failed (HTTP {exc.code} {exc.reason})", url)
+                                ) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = " ".join(str(getattr(exc, "reason", exc)).split())
+        kept = f"; {have} bytes kept in {part}, run again to resume" if have else ""
+        raise DataNotFoundError(_no_data_message(f"cannot reach {url} ({reason}){kept}", url)) from None
     with response:
-        if have and response.status != 206:
-            have = 0  # the server ignored the Range header: start over
+        start, total = _parse_content_range(response.headers.get("Content-Range"))
         length = response.headers.get("Content-Length")
-        total = (int(length) + have) if length is not None else None
-        mode = "ab" if have else "wb"
+        if have and (response.status != 206 or start != have):
+            have = 0  # the server ignored the Range header (or answered another range): start over
+        if total is None and length is not None:
+            total = int(length) + have
         try:
-            with open(part, mode) as fh, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=f"Downloading {dest.name}"
+            with open(part, "ab" if have else "wb") as fh, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=desc
             ) as bar:
                 while True:
                     chunk = response.read(chunk_size)
@@ -114,30 +148,60 @@ def download_file(url: str, dest: str | os.PathLike, timeout: float = 30.0, chun
                         break
                     fh.write(chunk)
                     bar.update(len(chunk))
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
-            raise DataNotFoundError(
-                _no_data_message(f"download of {url} broke off after {part.stat().st_size} bytes ({exc}); "
-                                 f"run again to resume")
-            ) from None
+        except (http.client.HTTPException, OSError) as exc:  # IncompleteRead, reset, timeout
+            raise _BrokenTransfer(f"broke off after {part.stat().st_size} bytes ({type(exc).__name__})") from None
     got = part.stat().st_size
     if total is not None and got < total:
-        raise DataNotFoundError(
-            _no_data_message(f"download of {url} stopped at {got} of {total} bytes; run again to resume")
-        )
+        raise _BrokenTransfer(f"stopped at {got} of {total} bytes")
+
+
+def download_file(url: str, dest: str | os.PathLike, timeout: float = 30.0, chunk_size: int = 1 << 20,
+                  retries: int = 3, retry_wait: float = 1.0) -> Path:
+    """Stream ``url`` to ``dest`` with a progress bar, resuming from ``dest + '.part'`` when one is there.
+
+    A dropped connection is resumed (HTTP Range) up to ``retries`` times; a server that ignores Range restarts
+    from zero. The file only gets its final name once complete; the ``.part`` file survives a failure so the
+    next call resumes. Raises :class:`DataNotFoundError` (one line) when the network or server fails.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _download_once(url, part, timeout, chunk_size, desc=f"Downloading {dest.name}")
+            break
+        except _BrokenTransfer as exc:
+            if attempt >= retries:
+                raise DataNotFoundError(_no_data_message(
+                    f"download of {url} {exc}; the partial file {part} is kept, run again to resume", url)) from None
+            log.warning("Download of %s %s; resuming (retry %d of %d)", url, exc, attempt + 1, retries)
+            time.sleep(retry_wait * (attempt + 1))
     part.replace(dest)
     return dest
 
 
 def verify_zip(path: str | os.PathLike) -> None:
-    """Raise :class:`DataNotFoundError` unless the zip opens and every member's CRC checks."""
+    """Raise :class:`DataNotFoundError` (one line) unless the zip opens and every member's CRC checks."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataNotFoundError(f"{path}: not a valid zip file ({exc}); delete it and download again") from None
-    if bad is not None:
-        raise DataNotFoundError(f"{path}: member {bad!r} fails its CRC check; delete it and download again")
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            with tqdm(total=sum(m.file_size for m in members), unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=f"Checking {path.name}") as bar:
+                for member in members:
+                    try:
+                        with zf.open(member) as fh:  # reading to the end checks the member's CRC
+                            while chunk := fh.read(1 << 20):
+                                bar.update(len(chunk))
+                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+                            NotImplementedError) as exc:
+                        reason = "fails its CRC check" if "CRC" in str(exc) else f"cannot be read ({exc})"
+                        raise DataNotFoundError(
+                            f"{path}: member {member.filename!r} {' '.join(reason.split())} (corrupt zip)") from None
+    except DataNotFoundError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise DataNotFoundError(f"{path}: not a valid zip file ({' '.join(str(exc).split())})") from None
 
 
 def extract_zip(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
@@ -151,10 +215,12 @@ def extract_zip(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
     try:
+        tmp_resolved = tmp.resolve()
         with zipfile.ZipFile(path) as zf:
             for member in tqdm(zf.infolist(), desc=f"Extracting {path.name}", unit="file"):
-                target = (tmp / member.filename).resolve()
-                if not str(target).startswith(str(tmp.resolve())):
+                if member.filename.split("/")[0] == "__MACOSX":  # macOS resource forks, not photos
+                    continue
+                if not (tmp_resolved / member.filename).resolve().is_relative_to(tmp_resolved):
                     raise DataNotFoundError(f"{path}: member {member.filename!r} escapes the target folder")
                 zf.extract(member, tmp)
         root = find_dataset_root(tmp)
@@ -168,47 +234,74 @@ def extract_zip(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
+def _zip_stamp(zip_path: Path) -> dict:
+    st = zip_path.stat()
+    return {"zip": str(zip_path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _from_zip(zip_path: Path) -> Path:
-    dest = DEFAULT_DATA_DIR.parent / zip_path.stem
-    if find_dataset_root(dest) is not None:
-        return find_dataset_root(dest)
-    return extract_zip(zip_path, dest)
+    """A local zip (``LANDMARK_DATA`` or ``data_dir``), extracted once under ``data_home()/extracted``.
+
+    The extraction remembers which zip it came from (path, size, mtime) and is redone when the zip changes.
+    The user's zip is never modified or deleted, even when it is corrupt.
+    """
+    tag = hashlib.sha1(str(zip_path.resolve()).encode()).hexdigest()[:8]
+    dest = data_home() / "extracted" / f"{zip_path.stem}-{tag}"
+    marker = dest / ZIP_SOURCE_MARKER
+    stamp = _zip_stamp(zip_path)
+    try:
+        if _has_layout(dest) and json.loads(marker.read_text()) == stamp:
+            return dest
+    except (OSError, ValueError):
+        pass
+    extract_zip(zip_path, dest)
+    atomic_write_json(marker, stamp)
+    return dest
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None, download: bool = True,
-                     url: str = COURSE_DATA_URL) -> Path:
+                     url: str | None = None) -> Path:
     """The data set's root folder (holding ``train/`` and ``test/``).
 
-    Chosen in order by ``data_dir``, the ``LANDMARK_DATA`` environment variable (a folder or a local zip), or
-    the default location ``data/landmark_images``, downloading the course zip there when it is missing.
-    A second call finds the data and does nothing.
+    Chosen in order by ``data_dir``, the ``LANDMARK_DATA`` environment variable (each a folder or a local zip
+    in the course layout), or the default location ``data_home()/landmark_images``, downloading the course zip
+    from ``data_url(url)`` there when it is missing. A second call finds the data and does nothing.
     """
     for source, value in (("data_dir", data_dir), (DATA_ENV_VAR, os.environ.get(DATA_ENV_VAR) or None)):
         if value is None:
             continue
-        candidate = Path(value).expanduser()
-        if candidate.is_file() and zipfile.is_zipfile(candidate):
+        candidate = Path(value).expanduser().absolute()  # absolute: loaders keep working after a chdir
+        if candidate.is_file() and (candidate.suffix.lower() == ".zip" or zipfile.is_zipfile(candidate)):
             return _from_zip(candidate)
         root = find_dataset_root(candidate)
         if root is None:
+            what = "does not exist" if not candidate.exists() else "is not a landmark data set"
             raise DataNotFoundError(
-                f"{candidate} (from {source}) is not a landmark data set: it needs train/ and test/ class "
-                f"folders like train/00.Haleakala_National_Park, or be a .zip of such a folder"
+                f"{candidate} (from {source}) {what}: it must be a folder with train/ and test/ class folders "
+                f"like train/00.Haleakala_National_Park, or a .zip of one"
             )
         return root
-    root = find_dataset_root(DEFAULT_DATA_DIR)
+    dest = default_data_dir()
+    root = find_dataset_root(dest)
     if root is not None:
         return root
+    if dest.is_dir() and any(dest.iterdir()):  # someone else's folder: never overwrite it
+        raise DataNotFoundError(
+            f"{dest} exists but has no train/ and test/ class folders; move it away so the course data can be "
+            f"downloaded there, or set LANDMARK_DATA to your data"
+        )
     if not download:
-        raise DataNotFoundError(_no_data_message(f"nothing at {DEFAULT_DATA_DIR}"))
-    zip_path = DEFAULT_DATA_DIR.parent / "landmark_images.zip"
+        raise DataNotFoundError(_no_data_message(f"nothing at {dest}", url))
+    url = data_url(url)
+    zip_path = dest.with_name(dest.name + ".zip")
     if not zip_path.exists():
         download_file(url, zip_path)
     try:
-        return extract_zip(zip_path, DEFAULT_DATA_DIR)
-    except DataNotFoundError:
+        return extract_zip(zip_path, dest)
+    except DataNotFoundError as exc:
         zip_path.unlink(missing_ok=True)  # a corrupt download is useless; the next run fetches it afresh
-        raise
+        raise DataNotFoundError(f"{exc}; the downloaded file was removed, run again to download it afresh, or "
+                                f"set LANDMARK_DATA to a local copy of the data") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,7 +448,10 @@ def check_images(samples: Sequence[tuple[Path, int]], cache_file: Path | None = 
 
 
 def _stable_order_key(path: Path, seed: int) -> str:
-    return hashlib.sha1(f"{seed}:{path.name}".encode()).hexdigest()
+    # Folder and file name (not the absolute path) and the seed, through sha1 (not Python's salted hash()):
+    # the same split on every run and machine, wherever the data set lives.
+    name = f"{path.parent.name}/{path.name}"
+    return hashlib.sha1(f"{seed}:{name}".encode()).hexdigest() + name
 
 
 def stratified_split(samples: Sequence[tuple[Path, int]], valid_size: float = 0.2,
@@ -374,13 +470,16 @@ def stratified_split(samples: Sequence[tuple[Path, int]], valid_size: float = 0.
             n_valid = min(max(n_valid, 1), len(items) - 1)
         valid.extend(items[:n_valid])
         train.extend(items[n_valid:])
-    key = lambda s: (s[1], str(s[0]))  # noqa: E731
+    key = lambda s: (s[1], s[0].name, str(s[0]))  # noqa: E731
     return sorted(train, key=key), sorted(valid, key=key)
 
 
 def limit_samples(samples: Sequence[tuple[Path, int]], limit: int) -> list[tuple[Path, int]]:
-    """At most ``limit`` samples, taken round-robin over the classes so every class stays represented."""
-    if limit is None or limit < 0 or limit >= len(samples):
+    """At most ``limit`` samples, taken round-robin over the classes so every class stays represented.
+
+    ``limit`` <= 0 (or ``None``) keeps everything.
+    """
+    if limit is None or limit <= 0 or limit >= len(samples):
         return list(samples)
     by_class: dict[int, list] = {}
     for s in samples:
@@ -411,9 +510,13 @@ class LandmarkData:
 
 
 def load_landmark_data(data_dir: str | os.PathLike | None = None, valid_size: float = 0.2, seed: int = 42,
-                       download: bool = True) -> LandmarkData:
-    """Find the data, list and check every photo, and split train/valid deterministically."""
-    root = resolve_data_dir(data_dir, download=download)
+                       download: bool = True, url: str | None = None) -> LandmarkData:
+    """Find the data, list and check every photo, and split train/valid deterministically.
+
+    Files that cannot be decoded are logged (path and reason, one line each), left out, and listed in
+    ``bad_files``; junk such as ``.DS_Store`` is ignored.
+    """
+    root = resolve_data_dir(data_dir, download=download, url=url)
     class_names = list_classes(root / "train")
     cache_dir = cache_dir_for(root)
     train_all = check_images(scan_split(root / "train", class_names), cache_dir / "checked_train.json",
@@ -429,56 +532,95 @@ def load_landmark_data(data_dir: str | os.PathLike | None = None, valid_size: fl
 # Normalisation statistics
 # --------------------------------------------------------------------------------------------------------------
 
-def _channel_sums(path: Path, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+MEAN_STD_VERSION = 1  # bump when the computation changes, so old cached values are not reused
+MEAN_STD_CACHE_ENTRIES = 8
+
+
+def downscaled_pixels(path: str | os.PathLike, size: int = 64) -> np.ndarray:
+    """The photo squeezed to ``size`` x ``size`` RGB, as float64 in [0, 1], shape ``[size*size, 3]``.
+
+    Mean/std only need colour statistics, so a small image gives the same answer far faster than full size.
+    """
     img = open_image(path, draft_size=size)
     img = img.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-    arr = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
+    return np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
+
+
+def _channel_sums(path: Path, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    arr = downscaled_pixels(path, size)
     return arr.sum(0), (arr**2).sum(0), arr.shape[0]
 
 
 def compute_mean_and_std(data_dir: str | os.PathLike | None = None, size: int = 64,
-                         samples: Sequence[tuple[Path, int]] | None = None,
-                         cache: bool = True) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the training photos (never the test set), on images downscaled to ``size``.
+                         samples: Sequence[tuple[Path, int]] | None = None, cache: bool = True,
+                         valid_size: float = 0.2, seed: int = 42) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training photos, on images downscaled to ``size`` x ``size``.
 
-    Cached in the data set's cache folder, keyed to the training files, so a changed data set recomputes.
+    By default the photos of the training split only: ``train/`` minus the validation photos (split with
+    ``valid_size`` and ``seed`` as :func:`get_data_loaders` does), never ``test/``. ``samples`` overrides that.
+    Cached in the data set's cache folder, keyed to those files (names, sizes, times), so a changed data set
+    recomputes.
     """
     root = resolve_data_dir(data_dir)
     if samples is None:
-        samples = check_images(scan_split(root / "train"), cache_dir_for(root) / "checked_train.json").good
-    paths = [p for p, _ in samples]
+        samples = load_landmark_data(root, valid_size=valid_size, seed=seed).train
+    paths = [Path(p) for p, _ in samples]
     if not paths:
         raise DataNotFoundError(f"{root}: no usable training photos to compute mean/std from")
-    key = fingerprint(paths, root) + f"-{size}"
+    key = f"v{MEAN_STD_VERSION}-{size}-{fingerprint(paths, root)}"
     cache_file = cache_dir_for(root) / "mean_std.json"
+    entries: dict = {}
     if cache and cache_file.exists():
         try:
-            cached = json.loads(cache_file.read_text())
-            if cached.get("key") == key:
-                return cached["mean"], cached["std"]
-        except (OSError, ValueError, KeyError):
-            pass
+            entries = json.loads(cache_file.read_text()).get("entries", {})
+            hit = entries.get(key)
+            if hit is not None:
+                return [float(x) for x in hit["mean"]], [float(x) for x in hit["std"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            entries = {}
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    with ThreadPoolExecutor(min(8, (os.cpu_count() or 2) * 2)) as pool:
-        for s, sq, n in tqdm(pool.map(lambda p: _channel_sums(p, size), paths), total=len(paths),
-                             desc="Computing mean/std", unit="img", disable=len(paths) < 200):
+    failed = []
+    with ThreadPoolExecutor(_resolve_workers(-1) * 2) as pool:
+        futures = pool.map(lambda p: _safe_channel_sums(p, size), paths)
+        for result in tqdm(futures, total=len(paths), desc="Computing mean/std", unit="img",
+                           disable=len(paths) < 200):
+            if isinstance(result, ImageLoadError):
+                failed.append(result)
+                continue
+            s, sq, n = result
             total += s
             total_sq += sq
             count += n
+    for exc in failed:  # checked files do not fail here, unless they changed since; never silently
+        log.warning("Left out of mean/std: %s", exc)
+    if count == 0:
+        raise DataNotFoundError(f"{root}: none of the {len(paths)} training photos could be read for mean/std")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     mean_l, std_l = [float(x) for x in mean], [float(x) for x in std]
-    if cache:
+    if cache and not failed:
+        entries = dict(list(entries.items())[-(MEAN_STD_CACHE_ENTRIES - 1):])
+        entries[key] = {"mean": mean_l, "std": std_l, "n_images": len(paths), "size": size}
         try:
-            atomic_write_json(cache_file, {"key": key, "mean": mean_l, "std": std_l, "n_images": len(paths)})
+            atomic_write_json(cache_file, {"entries": entries})
         except OSError as exc:
             log.debug("could not write %s: %s", cache_file, exc)
     return mean_l, std_l
 
 
+def _safe_channel_sums(path: Path, size: int):
+    try:
+        return _channel_sums(path, size)
+    except ImageLoadError as exc:
+        return exc
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Transforms, data set, loaders
 # --------------------------------------------------------------------------------------------------------------
+
+MAX_ASPECT = 8  # longer side at most this many times the resize target (real photos are far below)
+
 
 def resize_size_for(img_size: int) -> int:
     """The shorter-side resize before a center crop of ``img_size`` (256 for 224, as in ImageNet practice)."""
@@ -493,12 +635,13 @@ def get_transforms(split: str, img_size: int = DEFAULT_IMG_SIZE, mean: Sequence[
     ``"course"`` (Resize(256) + RandomCrop(224) + flip, as the course notebooks do).
     """
     resize = resize_size_for(img_size)
+    # max_size: a 4000x2 panorama strip would otherwise become 512000x256 pixels before the crop.
+    resize_op = transforms.Resize(resize, max_size=MAX_ASPECT * resize, antialias=True)
     normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     if split != "train":
-        return transforms.Compose([transforms.Resize(resize, antialias=True), transforms.CenterCrop(img_size),
-                                   *normalize])
+        return transforms.Compose([resize_op, transforms.CenterCrop(img_size), *normalize])
     if augment == "course":
-        return transforms.Compose([transforms.Resize(resize, antialias=True), transforms.RandomCrop(img_size),
+        return transforms.Compose([resize_op, transforms.RandomCrop(img_size, pad_if_needed=True),
                                    transforms.RandomHorizontalFlip(), *normalize])
     ops = [transforms.RandomResizedCrop(img_size, scale=(0.25, 1.0), antialias=True),
            transforms.RandomHorizontalFlip()]
@@ -528,6 +671,7 @@ class LandmarkDataset(Dataset):
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
         self.cache_size = cache_size
+        self.bad_files: dict[str, str] = {}  # path -> reason, for files that failed after the up-front check
         self._cache: list[np.ndarray | None] | None = [None] * len(self.samples) if cache_images else None
 
     def __len__(self) -> int:
@@ -549,13 +693,30 @@ class LandmarkDataset(Dataset):
         return Image.fromarray(arr)
 
     def __getitem__(self, index: int):
-        img = self.load_image(index)
-        label = self.samples[index][1]
-        return (self.transform(img) if self.transform is not None else img), label
+        # A photo that fails now (changed or removed since it was checked) is reported and replaced by the next
+        # readable one, so an epoch never dies half-way.
+        for step in range(len(self.samples)):
+            i = (index + step) % len(self.samples)
+            try:
+                img = self.load_image(i)
+            except ImageLoadError as exc:
+                if exc.path not in self.bad_files:
+                    log.warning("Skipping %s (replaced by another photo)", exc)
+                self.bad_files[exc.path] = exc.reason
+                continue
+            label = self.samples[i][1]
+            return (self.transform(img) if self.transform is not None else img), label
+        raise ImageLoadError(self.samples[index][0], "no photo of this data set can be read")
 
 
-def _resolve_workers(num_workers: int) -> int:
-    return (os.cpu_count() or 1) if num_workers is None or num_workers < 0 else num_workers
+def _resolve_workers(num_workers: int | None) -> int:
+    """``-1``/``None``: one worker per CPU this process may use (a container's limit, not the host's count)."""
+    if num_workers is None or num_workers < 0:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # macOS, Windows
+            return os.cpu_count() or 1
+    return num_workers
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 42,
@@ -578,13 +739,14 @@ def get_data_loaders(batch_size: int = 32, valid_size: float = 0.2, num_workers:
     """Data loaders ``{"train", "valid", "test"}`` over the landmark photos.
 
     Images come out as float tensors ``[B, 3, img_size, img_size]`` normalised with the data set's own mean/std
-    (computed on the training photos unless given). Each loader's ``.dataset`` carries ``class_names``, ``mean``
+    (computed on the training split unless given). Each loader's ``.dataset`` carries ``class_names``, ``mean``
     and ``std``. ``limit`` > 0 keeps at most that many photos per split (all classes kept), for quick runs.
+    The train/valid split is stratified per class and the same on every run and machine.
     """
     if data is None:
         data = load_landmark_data(data_dir, valid_size=valid_size, seed=seed)
     if mean is None or std is None:
-        mean, std = compute_mean_and_std(data.root, samples=data.train + data.valid)
+        mean, std = compute_mean_and_std(data.root, samples=data.train)
     num_workers = _resolve_workers(num_workers)
     loaders = {}
     for split, samples in (("train", data.train), ("valid", data.valid), ("test", data.test)):

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-# Pillow's default limit (~89 Mpx warns, 2x that raises). We raise at the warning level: a landmark photo
+# Pillow's default limit (~89 Mpx warns, 2x that raises). We refuse at the warning level: a landmark photo
 # never needs 89 megapixels, and a "bomb" with a huge declared size must not eat the machine's memory.
+# Checked on the header's declared size, before any pixel is decoded.
 MAX_IMAGE_PIXELS = 89_478_485
 
 # Files that are never photos; everything else is tried and reported when it cannot be decoded.
@@ -55,26 +57,54 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparency is composited on white (as a viewer shows it)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode.startswith("I;16"):
+        # 16-bit samples: scale the full 0..65535 range, so a dark 16-bit photo stays dark.
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "I":
+        # 32-bit integer: usually 16-bit data widened by the decoder; 8-bit range when it never exceeds 255.
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        arr = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo + 1e-12) * 255.0
         return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
-    if img.mode == "P" or img.mode == "PA":
+    if img.mode in ("P", "PA", "LA", "La", "RGBa"):
         img = img.convert("RGBA")
-    if img.mode in ("LA", "La"):
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "RGBa"):
+    if img.mode == "RGBA":
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img, mask=img.getchannel("A"))
         return background
     # CMYK, YCbCr, LAB, HSV, L, 1, RGBX...: Pillow converts these directly.
     return img.convert("RGB")
+
+
+# Image.open reads only the header; the lock keeps the warnings filter below from racing between our threads.
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_header(data: bytes, label) -> Image.Image:
+    """``Image.open`` plus our own size guard, without touching Pillow's process-wide ``MAX_IMAGE_PIXELS``."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        # Pillow only warns between 1x and 2x its limit; we refuse instead (checked just below).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(label, f"image too large to decode safely ({width}x{height} pixels declared, limit "
+                                    f"{MAX_IMAGE_PIXELS}; possible decompression bomb)")
+    return img
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the photo as stored (it is still a photo)."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # malformed EXIF raises many types; the pixels are fine
+        return img
 
 
 def open_image(source, name: str | None = None, draft_size: int | None = None) -> Image.Image:
@@ -85,9 +115,10 @@ def open_image(source, name: str | None = None, draft_size: int | None = None) -
     still at least that many pixels on the shorter side (much faster on big photos).
     Raises :class:`ImageLoadError` on anything that is not a usable photo.
     """
-    label = name if name is not None else (source if not isinstance(source, (bytes, bytearray)) else "<bytes>")
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    label = name if name is not None else ("<bytes>" if is_bytes else source)
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
+        if is_bytes:
             data = bytes(source)
         else:
             with open(source, "rb") as fh:
@@ -97,22 +128,14 @@ def open_image(source, name: str | None = None, draft_size: int | None = None) -
     if len(data) == 0:
         raise ImageLoadError(label, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            old_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-            try:
-                img = Image.open(io.BytesIO(data))
-                if draft_size and img.format == "JPEG":
-                    img.draft("RGB", (draft_size, draft_size))
-                if getattr(img, "n_frames", 1) > 1:
-                    img.seek(0)  # animated GIF/WEBP: the first frame is the photo
-                img.load()
-            finally:
-                Image.MAX_IMAGE_PIXELS = old_limit
-            img = ImageOps.exif_transpose(img) or img
-            rgb = _to_rgb(img)
-            rgb.load()
+        img = _open_header(data, label)
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WEBP: the first frame is the photo
+        img.load()
+        rgb = _to_rgb(_exif_transpose(img))
+        rgb.load()
     except ImageLoadError:
         raise
     except MemoryError:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,14 @@ def make_dataset(root: Path, n_classes: int = 3, n_train: int = 10, n_test: int 
     return root
 
 
+def refused_url(path: str = "/landmark_images.zip") -> str:
+    """An http URL on 127.0.0.1 whose port was free a moment ago, so connecting is refused at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path, monkeypatch) -> Path:
     """3 classes x (10 train, 4 test) generated photos; caches go to tmp, not the user's home."""
@@ -64,3 +73,7 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     if "LANDMARK_CACHE" not in os.environ:
         monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path_factory.getbasetemp() / "landmark_cache"))
     monkeypatch.setenv("LANDMARK_DEVICE", os.environ.get("LANDMARK_DEVICE", "cpu"))
+    # Downloads and extracted zips go to a tmp folder, never the project's data/, and the "course URL" is a local
+    # port nobody listens on: a test that forgets to give data fails at once instead of fetching 1 GB.
+    monkeypatch.setenv("LANDMARK_DATA_HOME", str(tmp_path_factory.getbasetemp() / "landmark_data_home"))
+    monkeypatch.setenv("LANDMARK_DATA_URL", refused_url())
