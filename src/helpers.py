@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINTS_DIR = PROJECT_ROOT / "checkpoints"
+# Exported models and default training outputs; LANDMARK_CHECKPOINTS moves them (the notebook tests use it).
+CHECKPOINTS_DIR = Path(os.environ.get("LANDMARK_CHECKPOINTS") or PROJECT_ROOT / "checkpoints")
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:

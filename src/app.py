@@ -1,0 +1,492 @@
+"""The web app (``app.ipynb``, served with Voila): upload photos, see the top-k landmarks and where they are.
+
+Everything here runs without a browser: :func:`classify_image_bytes` is the per-photo logic and
+:func:`build_app` returns the ipywidgets UI, which tests drive by setting the upload's value and clicking.
+No traceback ever reaches the page: every per-file problem becomes that file's one-line message.
+"""
+from __future__ import annotations
+
+import html
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .data import class_display_name
+from .helpers import CHECKPOINTS_DIR, PROJECT_ROOT
+from .images import ImageLoadError, open_image
+from .landmarks import NO_LANDMARK, display_name, format_latlon
+from .predictor import SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, load_exported, load_image_tensor
+from .tagging import iter_predictions, make_record
+
+log = logging.getLogger(__name__)
+
+MODEL_ENV_VAR = "LANDMARK_MODEL"
+# Best first: the transfer-learning model beats the scratch CNN whenever both exist.
+EXPORTED_MODEL_NAMES = (TRANSFER_EXPORT_NAME, SCRATCH_EXPORT_NAME)
+DEFAULT_K = 3
+MAX_K = 5
+DEFAULT_THRESHOLD = 0.3
+THUMBNAIL_SIZE = 192
+NO_LANDMARK_VERDICT = NO_LANDMARK  # "no known landmark", as the command line says it
+DEFAULT_RESIZE = 256  # for exported files that do not carry their resize_size
+
+
+class ModelLoadError(RuntimeError):
+    """An exported model that cannot be used; the message is one line naming the file."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Finding and loading the model
+# --------------------------------------------------------------------------------------------------------------
+
+def find_exported_model(checkpoints_dir: str | os.PathLike = CHECKPOINTS_DIR) -> Path | None:
+    """The exported model the app uses: ``$LANDMARK_MODEL`` if set, else transfer, else scratch, else None."""
+    override = os.environ.get(MODEL_ENV_VAR)
+    if override:
+        return Path(override).expanduser()
+    for name in EXPORTED_MODEL_NAMES:
+        candidate = Path(checkpoints_dir) / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def no_model_message(checkpoints_dir: str | os.PathLike = CHECKPOINTS_DIR) -> str:
+    """What to do when there is no exported model yet (plain text, several lines)."""
+    return (
+        f"No exported model found in {checkpoints_dir} (looked for {' or '.join(EXPORTED_MODEL_NAMES)}).\n"
+        "Make one by running transfer_learning.ipynb (or cnn_from_scratch.ipynb) top to bottom, or from the\n"
+        "command line in the project folder (see `python -m src train --help` for the choices):\n"
+        "    .venv/bin/python -m src train --arch scratch\n"
+        "    .venv/bin/python -m src export --checkpoint checkpoints/scratch/best.pt\n"
+        f"then reload this page. ${MODEL_ENV_VAR}=path/to/model.pt points the app at any exported file."
+    )
+
+
+def load_model(path: str | os.PathLike) -> torch.jit.ScriptModule:
+    """Load an exported TorchScript model on the CPU, ready for inference; one-line error when unusable."""
+    path = Path(path)
+    try:
+        model = load_exported(path)
+    except Exception as exc:  # corrupt, truncated or foreign files: one line naming the file
+        text = " ".join(str(exc).split())[:400]
+        raise ModelLoadError(text if text.startswith(str(path)) else f"{path}: {text}") from None
+    if not list(model.class_names):
+        raise ModelLoadError(f"{path}: the model has no class names; export it with `python -m src export`")
+    return model
+
+
+def map_link(lat: float, lon: float, zoom: int = 12) -> str:
+    """An OpenStreetMap link centred on a point, with a marker."""
+    return f"https://www.openstreetmap.org/?mlat={lat:.5f}&mlon={lon:.5f}#map={zoom}/{lat:.5f}/{lon:.5f}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classifying one photo
+# --------------------------------------------------------------------------------------------------------------
+
+def load_photo(model, source, name: str | None = None) -> torch.Tensor:
+    """A photo (path or bytes) as the uint8 ``[3, H, W]`` tensor the exported model takes, decoded as training
+    and ``python -m src predict`` do. Raises ``ImageLoadError`` for a file that is not a usable photo."""
+    return load_image_tensor(source, int(getattr(model, "resize_size", DEFAULT_RESIZE)), name=name)
+
+
+def predict_probs(model, image: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``[C]`` for one uint8 ``[3, H, W]`` photo (the exported model resizes and normalises)."""
+    with torch.inference_mode():
+        probs = model(image.unsqueeze(0))
+    return probs[0].float().cpu()
+
+
+def tensor_to_image(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+def summarize_probs(probs: torch.Tensor, class_names: Sequence[str], k: int = DEFAULT_K,
+                    threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Top-k entries (name, probability, location) and the verdict for one photo's probabilities.
+
+    The same answer ``python -m src predict -k K --min-prob THRESHOLD`` gives (:func:`src.tagging.make_record`).
+    """
+    record = make_record("", probs, list(class_names), k=k, min_prob=threshold)
+    top = [{"class_name": e["class"], "name": e["name"], "prob": float(e["prob"]),
+            "location": ({key: e[key] for key in ("city", "country", "lat", "lon")} if e["lat"] is not None
+                         else None)}
+           for e in record["top_k"]]
+    return {"top": top, "known": record["status"] == "ok", "verdict": record["landmark"],
+            "threshold": float(threshold)}
+
+
+def classify_image_bytes(model, name: str, data: bytes, k: int = DEFAULT_K,
+                         threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Classify one uploaded file.
+
+    Returns ``{"name", "error": None, "image": PIL image (as decoded for the model), "probs", "top": [...],
+    "known", "verdict", "threshold"}``; a file that is not a usable photo gives ``{"name", "error": "<name>:
+    <reason>"}`` (one line).
+    """
+    try:
+        image = load_photo(model, data, name=name)
+        probs = predict_probs(model, image)
+        img = tensor_to_image(image)
+    except ImageLoadError as exc:
+        return {"name": name, "error": str(exc)}
+    except Exception as exc:  # a model failure on one file must not lose the others' results
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        return {"name": name, "error": f"{name}: could not classify ({reason})"}
+    result = {"name": name, "error": None, "image": img, "probs": probs}
+    result.update(summarize_probs(probs, list(model.class_names), k, threshold))
+    return result
+
+
+def thumbnail_jpeg(img: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A small JPEG of the decoded photo (re-encoded: the page never gets the raw upload back, whatever it was)."""
+    thumb = img.copy()
+    thumb.thumbnail((size, size), Image.BILINEAR)
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def uploaded_files(value) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` for each file of a ``FileUpload`` value (ipywidgets 8: tuple of dicts; 7: dict)."""
+    if isinstance(value, dict):  # ipywidgets 7: {name: {"content": ..., ...}}
+        value = [{"name": name, **meta} for name, meta in value.items()]
+    files = []
+    for item in value or ():
+        content = item.get("content", b"")
+        files.append((str(item.get("name") or "unnamed file"), bytes(content)))
+    return files
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The widgets
+# --------------------------------------------------------------------------------------------------------------
+
+def _short_path(path: Path) -> str:
+    """``checkpoints/x.pt`` for a file inside the project, else the path as given."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+class LandmarkApp:
+    """Upload, controls, Classify button and one result card per photo. ``.widget`` is what to display."""
+
+    def __init__(self, model=None, model_path: str | os.PathLike | None = None, message: str | None = None):
+        import ipywidgets as widgets  # noqa: PLC0415 - only the app needs ipywidgets
+
+        self._w = widgets
+        self.model = model
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.results: list[dict] = []
+        self.title = widgets.HTML("<p style='margin:2px 0 6px 0'><b>Landmark Tagger</b> &mdash; which world "
+                                  "landmark is in your photo, and where is it? Choose one or more photos and "
+                                  "press <b>Classify</b>.</p>")
+        self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Choose photos",
+                                         layout=widgets.Layout(width="auto"))
+        self.k = widgets.IntSlider(value=DEFAULT_K, min=1, max=MAX_K, step=1, description="Top k",
+                                   continuous_update=False)
+        self.threshold = widgets.FloatSlider(value=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.05,
+                                             description="Threshold", readout_format=".2f",
+                                             continuous_update=False,
+                                             tooltip="below this top probability the verdict is "
+                                                     f"'{NO_LANDMARK_VERDICT}'")
+        self.classify_button = widgets.Button(description="Classify", button_style="primary", icon="search",
+                                              tooltip="Classify the chosen photos")
+        self.status = widgets.HTML()
+        self.cards = widgets.VBox()
+        self.upload.observe(self._on_upload, names="value")
+        self.classify_button.on_click(self._on_click)
+        self.k.observe(self._on_controls, names="value")
+        self.threshold.observe(self._on_controls, names="value")
+
+        if model is None:
+            text = message or no_model_message()
+            self.status.value = (f"<div style='font-family:monospace;white-space:pre-wrap;line-height:1.5'>"
+                                 f"{html.escape(text)}</div>")
+            for w in (self.upload, self.k, self.threshold, self.classify_button):
+                w.disabled = True
+            self.widget = widgets.VBox([self.title, self.status])
+            return
+        n = len(model.class_names)
+        self.k.max = min(MAX_K, n)
+        self.k.value = min(DEFAULT_K, n)
+        where = f" from <code>{html.escape(_short_path(self.model_path))}</code>" if self.model_path else ""
+        self.model_info = widgets.HTML(f"<small>Model{where}: knows {n} landmarks.</small>")
+        controls = widgets.HBox([self.upload, self.classify_button], layout=widgets.Layout(align_items="center"))
+        sliders = widgets.HBox([self.k, self.threshold])
+        self.widget = widgets.VBox([self.title, controls, sliders, self.model_info, self.status, self.cards])
+
+    # -- event handlers: none may raise (an exception in a callback would put a traceback on the page) ---------
+
+    def _on_upload(self, change) -> None:
+        try:
+            value = change["new"] or ()
+            n = len(value)
+            self.status.value = f"{n} photo{'s' if n != 1 else ''} chosen. Press <b>Classify</b>." if n else ""
+        except Exception:
+            log.exception("upload handler failed")
+
+    def _on_click(self, _button=None) -> None:
+        try:
+            self.classify()
+        except Exception as exc:
+            log.exception("classify failed")
+            self.status.value = f"Something went wrong: {html.escape(' '.join(str(exc).split()))}"
+            self.classify_button.disabled = False
+
+    def _on_controls(self, _change) -> None:
+        try:
+            self.render()
+        except Exception:
+            log.exception("re-render failed")
+
+    # -- actions ----------------------------------------------------------------------------------------------
+
+    def classify(self) -> list[dict]:
+        """Classify every uploaded file and show one card each; returns the per-file results."""
+        files = uploaded_files(self.upload.value)
+        if not files:
+            self.status.value = "Choose one or more photos first."
+            self.results = []
+            self.render()
+            return self.results
+        self.classify_button.disabled = True
+        self.results = []
+        self.cards.children = ()
+        try:
+            for i, (name, data) in enumerate(files):
+                self.status.value = f"Classifying {i + 1} of {len(files)}: {html.escape(name)}…"
+                result = classify_image_bytes(self.model, name, data, self.k.value, self.threshold.value)
+                self.results.append(result)
+                self.cards.children = (*self.cards.children, self._card(result))  # shown as each one is done
+        finally:
+            self.classify_button.disabled = False
+        n_bad = sum(r["error"] is not None for r in self.results)
+        summary = f"Classified {len(files) - n_bad} of {len(files)} file{'s' if len(files) != 1 else ''}."
+        if n_bad:
+            summary += f" {n_bad} could not be used (see {'their messages' if n_bad > 1 else 'its message'} below)."
+        self.status.value = summary
+        return self.results
+
+    def render(self) -> None:
+        """(Re)build the result cards from the stored results with the current k and threshold."""
+        names = list(self.model.class_names) if self.model is not None else []
+        for r in self.results:
+            if r["error"] is None:
+                r.update(summarize_probs(r["probs"], names, self.k.value, self.threshold.value))
+        self.cards.children = [self._card(r) for r in self.results]
+
+    def _card(self, r: dict):
+        w = self._w
+        box = w.Layout(border="1px solid #ddd", padding="8px", margin="0 0 10px 0", align_items="flex-start")
+        title = f"<b>{html.escape(r['name'])}</b>"
+        if r["error"] is not None:
+            return w.HBox([w.HTML(f"{title}<br><span style='color:#b00020'>&#9888; "
+                                  f"{html.escape(r['error'])}</span>")], layout=box)
+        if "thumbnail" not in r:
+            r["thumbnail"] = thumbnail_jpeg(r["image"])
+        thumb = w.Image(value=r["thumbnail"], format="jpeg",
+                        layout=w.Layout(max_width=f"{THUMBNAIL_SIZE}px", max_height=f"{THUMBNAIL_SIZE}px",
+                                        object_fit="contain", margin="0 14px 0 0"))
+        best = r["top"][0]
+        if r["known"]:
+            verdict = f"<span style='font-size:1.15em'>&#10003; <b>{html.escape(best['name'])}</b></span>"
+        else:
+            verdict = (f"<span style='font-size:1.15em'>&#10007; <b>{NO_LANDMARK_VERDICT}</b></span> "
+                       f"<small>(best guess {_percent(best['prob'])}, below the "
+                       f"{_percent(r['threshold'])} threshold)</small>")
+        rows = []
+        for entry in r["top"]:
+            rows.append(w.HBox([
+                w.HTML(html.escape(entry["name"]), layout=w.Layout(width="230px")),
+                w.FloatProgress(value=entry["prob"], min=0.0, max=1.0, layout=w.Layout(width="200px"),
+                                bar_style="success" if entry is best and r["known"] else "info"),
+                w.HTML(_percent(entry["prob"]), layout=w.Layout(width="60px")),
+            ], layout=w.Layout(align_items="center")))
+        loc = best["location"] if r["known"] else None
+        if loc:
+            place = ", ".join(str(x) for x in (loc.get("city"), loc.get("country")) if x)
+            lat, lon = float(loc["lat"]), float(loc["lon"])
+            where = (f"Where: <b>{html.escape(place)}</b> ({format_latlon(lat, lon)}) &mdash; "
+                     f"<a href='{html.escape(map_link(lat, lon))}' target='_blank' rel='noopener' "
+                     f"style='color:#1565c0;text-decoration:underline'>open the map</a>")
+        elif r["known"]:
+            where = "<small>location not in the landmark table</small>"
+        else:
+            where = "<small>no location: the model is not sure enough</small>"
+        details = w.VBox([w.HTML(f"{title}<br>{verdict}"), *rows, w.HTML(where)])
+        return w.HBox([thumb, details], layout=box)
+
+
+def build_app(model_path: str | os.PathLike | None = None, display: bool = True):
+    """Load the best exported model (or ``model_path``) and return the app's widget (displayed in a notebook).
+
+    Without a model the widget says how to make one; an unusable model file gives its one-line error.
+    """
+    path = Path(model_path) if model_path is not None else find_exported_model()
+    if path is None:
+        app = LandmarkApp(message=no_model_message())
+    else:
+        try:
+            app = LandmarkApp(load_model(path), model_path=path)
+        except ModelLoadError as exc:
+            app = LandmarkApp(message=f"{exc}\n\n{no_model_message()}")
+    if display:
+        try:
+            from IPython.display import display as ipy_display  # noqa: PLC0415
+
+            ipy_display(app.widget)
+        except ImportError:
+            pass
+    return app
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where the model fails (the notebook's reflection)
+# --------------------------------------------------------------------------------------------------------------
+
+def find_failures(model, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+                  split: str = "test") -> dict:
+    """Run the model over a split and collect its mistakes.
+
+    Classes are matched by display name, so a model trained on the 50-landmark set can be checked on a subset
+    with other folder numbers. Returns ``{"n", "correct", "failures": [(path, true, predicted, prob)], "skipped",
+    "confused": [((true, predicted), count)]}``; failures sorted by confidence, most confident first.
+    """
+    from collections import Counter  # noqa: PLC0415
+
+    from .data import list_classes, resolve_data_dir, scan_split  # noqa: PLC0415
+
+    root = resolve_data_dir(data_dir, download=False)
+    folders = list_classes(root / split)
+    samples = scan_split(root / split, folders)
+    model_folders = list(model.class_names)
+    # Folder numbers may differ between data sets; the name without its number identifies a landmark.
+    model_index = {class_display_name(c).lower(): i for i, c in enumerate(model_folders)}
+    truth = [model_index.get(class_display_name(f).lower()) for f in folders]
+    samples = [(path, truth[label]) for path, label in samples if truth[label] is not None]
+    if limit is not None and limit > 0 and len(samples) > limit:
+        step = len(samples) / limit  # evenly spread over classes (samples are ordered by class)
+        samples = [samples[int(i * step)] for i in range(limit)]
+    failures, skipped, correct = [], [], 0
+    paths = [path for path, _ in samples]
+    results = list(iter_predictions(model, paths, desc=f"Checking {split} photos"))  # one result per path, in order
+    for (path, label), result in zip(samples, results):
+        if result.error is not None:
+            skipped.append(result.error)
+            continue
+        p, i = torch.max(result.probs, 0)
+        if int(i) == label:
+            correct += 1
+        else:
+            failures.append((Path(path), display_name(model_folders[label]), display_name(model_folders[int(i)]),
+                             float(p)))
+    failures.sort(key=lambda f: -f[3])
+    confused = Counter((t, p) for _, t, p, _ in failures).most_common(5)
+    return {"n": correct + len(failures), "correct": correct, "failures": failures, "skipped": skipped,
+            "confused": confused}
+
+
+def plot_failures(failures: Sequence[tuple], n: int = 6, cols: int = 3):
+    """A grid of misclassified photos titled with the true and predicted landmark; returns the figure."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    shown = list(failures)[:n]
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (path, true, predicted, prob) in zip(axes.flat, shown):
+        img = open_image(path)
+        img.thumbnail((400, 400))
+        ax.imshow(img)
+        ax.set_title(f"true: {true}\npredicted: {predicted} ({_percent(prob)})", fontsize=9, color="#b00020")
+    fig.tight_layout()
+    return fig
+
+
+def show_failures(model_path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                  n: int = 6, limit: int | None = None):
+    """The notebook's reflection: accuracy, the most confused pairs and a plot of confident mistakes.
+
+    Prints what is missing (model or data) instead of failing. In quick mode (``LANDMARK_QUICK=1``) only a few
+    photos are checked. Returns the :func:`find_failures` result, or None when it could not run.
+    """
+    from .data import DataNotFoundError  # noqa: PLC0415
+    from .helpers import is_quick_mode  # noqa: PLC0415
+
+    path = Path(model_path) if model_path is not None else find_exported_model()
+    if path is None:
+        print(no_model_message())
+        return None
+    try:
+        model = load_model(path)
+    except ModelLoadError as exc:
+        print(exc)
+        return None
+    if limit is None and is_quick_mode():
+        limit = 24
+    try:
+        report = find_failures(model, data_dir, limit=limit)
+    except DataNotFoundError as exc:
+        print(f"No test photos to check the model on: {exc}")
+        return None
+    if report["n"] == 0:
+        print("None of the test photos belong to the model's landmarks; nothing to check.")
+        return report
+    print(f"Model {path.name}: {report['correct']} of {report['n']} test photos right "
+          f"({100 * report['correct'] / report['n']:.1f}%), {len(report['failures'])} wrong.")
+    if report["skipped"]:
+        print(f"{len(report['skipped'])} unreadable test files skipped, e.g. {report['skipped'][0]}")
+    if report["confused"]:
+        print("Most frequent confusions (true -> predicted):")
+        for (true, predicted), count in report["confused"]:
+            print(f"  {count:3d} x  {true} -> {predicted}")
+    if report["failures"]:
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        fig = plot_failures(report["failures"], n=n)
+        fig.suptitle("The model's most confident mistakes", y=1.02)
+        plt.show()
+    return report
+
+
+def in_voila() -> bool:
+    """True inside a kernel that Voila started (it sets SERVER_SOFTWARE=voila/<version>)."""
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("voila")
+
+
+def failures_section(**kwargs):
+    """In a notebook, run :func:`show_failures` now; in the Voila web page, offer a button (keeps page load fast)."""
+    if not in_voila():
+        return show_failures(**kwargs)
+    import ipywidgets as widgets  # noqa: PLC0415
+    from IPython.display import display  # noqa: PLC0415
+
+    button = widgets.Button(description="Show where the model fails", icon="search",
+                            layout=widgets.Layout(width="260px"))
+    out = widgets.Output()
+
+    def _run(_):
+        button.disabled = True
+        with out:
+            try:
+                show_failures(**kwargs)
+            except Exception as exc:  # never a traceback on the page
+                print(f"Could not check the model: {' '.join(str(exc).split())}")
+
+    button.on_click(_run)
+    display(widgets.VBox([button, out]))
+    return None

@@ -1,0 +1,96 @@
+"""Where each landmark is: readable name, city, country and latitude/longitude, from ``src/landmarks.json``.
+
+The file is keyed by class folder name (``"09.Golden_Gate_Bridge"``). A class it does not cover (a user's own
+data set) still works everywhere; it just has no location.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from pathlib import Path
+
+from .data import class_display_name
+
+LANDMARKS_FILE = Path(__file__).resolve().parent / "landmarks.json"
+NO_LANDMARK = "no known landmark"
+
+
+@functools.lru_cache(maxsize=None)
+def load_landmarks(path: str | None = None) -> dict[str, dict]:
+    """``{folder name: {"name", "city", "country", "lat", "lon"[, "note"]}}`` from the data file."""
+    with open(path or LANDMARKS_FILE, encoding="utf-8") as fh:
+        return json.load(fh)["landmarks"]
+
+
+def _bare(folder_name: str) -> str:
+    """``"09.Golden_Gate_Bridge"`` -> ``"golden gate bridge"``: the class without its number, for matching."""
+    return re.sub(r"[\s_]+", " ", class_display_name(folder_name)).strip().lower()
+
+
+@functools.lru_cache(maxsize=None)
+def _by_bare_name() -> dict[str, dict]:
+    table: dict[str, dict] = {}
+    for key, info in load_landmarks().items():
+        table.setdefault(_bare(key), info)
+    return table
+
+
+def landmark_info(folder_name: str) -> dict | None:
+    """Location facts of a class, or ``None`` for a class the data file does not know.
+
+    Looked up by exact folder name first, then by the name without its number (so ``"Golden_Gate_Bridge"`` or a
+    renumbered ``"03.Golden_Gate_Bridge"`` in a user's own data set still finds its place). Returns a copy.
+    """
+    info = load_landmarks().get(folder_name) or _by_bare_name().get(_bare(folder_name))
+    return dict(info) if info is not None else None
+
+
+def display_name(folder_name: str) -> str:
+    """The readable name of a class: from the data file when known, else from the folder name."""
+    info = landmark_info(folder_name)
+    return info["name"] if info else class_display_name(folder_name)
+
+
+def format_latlon(lat: float, lon: float) -> str:
+    """``(37.8199, -122.4783)`` -> ``"37.8199 N, 122.4783 W"``."""
+    return f"{abs(lat):.4f} {'N' if lat >= 0 else 'S'}, {abs(lon):.4f} {'E' if lon >= 0 else 'W'}"
+
+
+def describe(folder_name: str, prob: float | None = None) -> str:
+    """One line a person reads: ``"Golden Gate Bridge, San Francisco, 37.8199 N, 122.4783 W, 0.93"``.
+
+    Classes without a known location give just the name (and probability).
+    """
+    info = landmark_info(folder_name)
+    parts = [display_name(folder_name)]
+    if info is not None:
+        parts += [info["city"], format_latlon(info["lat"], info["lon"])]
+    if prob is not None:
+        parts.append(f"{prob:.2f}")
+    return ", ".join(parts)
+
+
+def xmp_gps_coordinate(value: float, is_latitude: bool) -> str:
+    """A coordinate in XMP's ``GPSCoordinate`` form, degrees and decimal minutes: ``37.8199`` -> ``"37,49.1940N"``."""
+    if not math.isfinite(value):
+        raise ValueError(f"not a coordinate: {value}")
+    ref = ("N" if value >= 0 else "S") if is_latitude else ("E" if value >= 0 else "W")
+    value = abs(value)
+    degrees = int(value)
+    minutes = round((value - degrees) * 60.0, 4)
+    if minutes >= 60.0:  # 59.99999 rounds up to the next degree
+        degrees, minutes = degrees + 1, 0.0
+    return f"{degrees},{minutes:.4f}{ref}"
+
+
+def parse_xmp_gps_coordinate(text: str) -> float:
+    """Inverse of :func:`xmp_gps_coordinate`; also reads the ``"DDD,MM,SSk"`` form."""
+    text = text.strip()
+    ref, body = text[-1].upper(), text[:-1]
+    if ref not in "NSEW":
+        raise ValueError(f"not an XMP GPS coordinate: {text!r}")
+    parts = [float(p) for p in body.split(",")]
+    value = parts[0] + (parts[1] / 60.0 if len(parts) > 1 else 0.0) + (parts[2] / 3600.0 if len(parts) > 2 else 0.0)
+    return -value if ref in "SW" else value

@@ -1,0 +1,597 @@
+"""The exported predictor: a self-contained TorchScript module from raw photo pixels to class probabilities.
+
+``Predictor`` wraps a trained model with everything inference needs (resize, center crop, normalisation,
+softmax) so the exported file needs nothing else: it takes uint8 (or float in [0, 1]) images ``[B, 3, H, W]`` of
+any size. Export checks its own work: the file is reloaded and compared with the eager model before it gets its
+final name.
+"""
+
+import argparse
+import io
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Iterable, List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .data import DEFAULT_IMG_SIZE, class_display_name, resize_size_for
+from .helpers import CHECKPOINTS_DIR, atomic_path, quiet_torchscript
+from .images import open_image
+
+log = logging.getLogger(__name__)
+
+PREDICTOR_FORMAT = "landmark-tagger-predictor/1"
+EXPORT_TOLERANCE = 1e-5
+SCRATCH_EXPORT_NAME = "original_exported.pt"
+TRANSFER_EXPORT_NAME = "transfer_exported.pt"
+PRESHRINK_FACTOR = 8  # huge photos are pre-shrunk to this many times the model's resize shape
+
+
+class ExportError(RuntimeError):
+    """Export failed or the exported file does not reproduce the eager model; one line says why."""
+
+
+class ExportedModelError(ValueError):
+    """An exported model file that cannot be used; ``str(err)`` is ``"<path>: <reason>"`` on one line."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Preprocessing, written once in TorchScript-compatible code: used inside the exported module and, for batches
+# of photos of different sizes, by the tag pipeline before stacking (so both see exactly the same pixels).
+# --------------------------------------------------------------------------------------------------------------
+
+def _center_offset(excess: int) -> int:
+    """``int(round(excess / 2))`` with Python's round-half-to-even, as torchvision's ``CenterCrop`` computes it."""
+    half = excess // 2
+    if excess % 2 == 1 and half % 2 == 1:
+        half += 1
+    return half
+
+
+def resized_shape(height: int, width: int, resize_size: int) -> List[int]:
+    """Shape after ``transforms.Resize(resize_size)``: shorter side to ``resize_size``, aspect ratio kept."""
+    if height <= width:
+        return [resize_size, (resize_size * width) // height]
+    return [(resize_size * height) // width, resize_size]
+
+
+def resize_and_center_crop(x: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
+    """``Resize(resize_size, antialias=True)`` then ``CenterCrop(crop_size)`` on float images ``[B, C, H, W]``.
+
+    Matches ``src.data.get_transforms("test")`` (bilinear with antialiasing when shrinking). A photo whose shorter
+    side already equals ``resize_size`` is not resampled, so pre-resizing then calling this again is exact.
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    if min(height, width) != resize_size:
+        size = resized_shape(height, width, resize_size)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        height, width = size[0], size[1]
+    if height < crop_size or width < crop_size:  # only when crop_size > resize_size; pad like CenterCrop does
+        pad_h, pad_w = max(crop_size - height, 0), max(crop_size - width, 0)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        height, width = x.shape[-2], x.shape[-1]
+    top = _center_offset(height - crop_size)
+    left = _center_offset(width - crop_size)
+    return x[:, :, top:top + crop_size, left:left + crop_size]
+
+
+def to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1]; float input is taken to be in [0, 1] already (like ``ToTensor``)."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    return x.float()
+
+
+class Predictor(nn.Module):
+    """Photo pixels -> class probabilities, with the preprocessing inside.
+
+    ``forward`` takes ``[B, 3, H, W]`` uint8 (0-255) or float (0-1) images of any size, resizes the shorter side to
+    ``resize_size_for(img_size)`` with antialiasing, center-crops ``img_size``, normalises with the training
+    ``mean``/``std`` and returns softmax probabilities ``[B, num_classes]``. ``class_names`` (folder names) and the
+    sizes are attributes, kept by TorchScript.
+    """
+
+    class_names: List[str]
+    mean_values: List[float]
+    std_values: List[float]
+    img_size: int
+    resize_size: int
+    arch: str
+    format: str
+
+    def __init__(self, model: nn.Module, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                 img_size: int = DEFAULT_IMG_SIZE, arch: str = ""):
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        self.model = model.eval()
+        self.class_names = [str(c) for c in class_names]
+        self.mean_values = [float(m) for m in mean]
+        self.std_values = [float(s) for s in std]
+        self.img_size = int(img_size)
+        self.resize_size = int(resize_size_for(img_size))
+        self.arch = str(arch)
+        self.format = PREDICTOR_FORMAT
+        self.register_buffer("mean", torch.tensor(self.mean_values, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.std_values, dtype=torch.float32).view(1, 3, 1, 1))
+        self.eval()
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` uint8/float -> the normalised ``[B, 3, img_size, img_size]`` the network sees."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError("expected images [B, 3, H, W]")
+        x = resize_and_center_crop(to_unit_float(x), self.resize_size, self.img_size)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.model(self.preprocess(x)), dim=1)
+
+
+def default_export_path(arch: str) -> Path:
+    """``checkpoints/original_exported.pt`` for a from-scratch model, ``checkpoints/transfer_exported.pt`` else."""
+    try:
+        from .model import SCRATCH_ARCHS  # noqa: PLC0415
+
+        scratch = set(SCRATCH_ARCHS)
+    except ImportError:  # the model module is optional for using an exported file
+        scratch = {"scratch"}
+    return CHECKPOINTS_DIR / (SCRATCH_EXPORT_NAME if arch in scratch else TRANSFER_EXPORT_NAME)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export and check
+# --------------------------------------------------------------------------------------------------------------
+
+def check_inputs(img_size: int = DEFAULT_IMG_SIZE, seed: int = 0) -> list[torch.Tensor]:
+    """A few test images for export checks: uint8 and float, batch 1 and 2, landscape, portrait, small, exact."""
+    g = torch.Generator().manual_seed(seed)
+    r = resize_size_for(img_size)
+
+    def u8(*shape):
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+
+    smooth = torch.linspace(0, 1, img_size * 2).view(1, 1, 1, -1).expand(1, 3, img_size + 37, img_size * 2)
+    return [
+        u8(1, 3, r + 61, r * 3 // 2),                          # landscape, shrunk
+        u8(2, 3, img_size * 2, img_size + 13),                 # portrait batch of two
+        u8(1, 3, max(img_size // 2, 8), max(img_size * 2 // 3, 8)),  # smaller than the crop: enlarged
+        u8(1, 3, r, r),                                        # already the resize size: no resampling
+        smooth.contiguous().clone(),                           # float input in [0, 1]
+    ]
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().float() - b.detach().float()).abs().max())
+
+
+def _for_export(predictor: Predictor, example: torch.Tensor | None) -> Predictor:
+    """The predictor itself, or a copy around ``model.scriptable(example)`` when the model needs one to script."""
+    scriptable = getattr(predictor.model, "scriptable", None)
+    if not callable(scriptable):
+        return predictor
+    if example is None:
+        example = torch.randn(1, 3, predictor.img_size, predictor.img_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        inner = scriptable(example)
+    return Predictor(inner, predictor.class_names, predictor.mean_values, predictor.std_values, predictor.img_size,
+                     predictor.arch)
+
+
+def compare_to_eager(predictor: nn.Module, candidate, inputs: Iterable[torch.Tensor],
+                     tolerance: float = EXPORT_TOLERANCE, what: str = "exported model") -> float:
+    """Largest absolute difference between ``candidate(x)`` and ``predictor(x)`` over ``inputs``; raises
+    :class:`ExportError` above ``tolerance`` or on a shape mismatch."""
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            expected = predictor(x)
+            got = candidate(x)
+            if tuple(got.shape) != tuple(expected.shape):
+                raise ExportError(f"{what} returns shape {tuple(got.shape)} for input {tuple(x.shape)}, "
+                                  f"the eager model {tuple(expected.shape)}")
+            diff = _max_abs_diff(got, expected)
+            worst = max(worst, diff)
+            if not diff <= tolerance:  # also catches NaN
+                raise ExportError(f"{what} disagrees with the eager model on input {tuple(x.shape)} "
+                                  f"{x.dtype}: max |difference| {diff:.2e} > {tolerance:.0e}")
+    return worst
+
+
+def export_torchscript(predictor: Predictor, path: str | os.PathLike, example: torch.Tensor | None = None,
+                       inputs: Sequence[torch.Tensor] | None = None, tolerance: float = EXPORT_TOLERANCE) -> dict:
+    """Script ``predictor`` with ``torch.jit.script``, save it to ``path``, reload it and check it.
+
+    The file is written to a temporary name, reloaded with ``torch.jit.load`` and compared with the eager
+    predictor on ``inputs`` (default :func:`check_inputs`); only when every output agrees within ``tolerance`` does
+    it replace ``path``. A model that cannot be scripted may provide ``scriptable(example)`` (see the brief).
+    Returns ``{"path", "max_abs_diff", "n_inputs"}``.
+    """
+    path = Path(path)
+    predictor = predictor.eval()
+    inputs = list(inputs) if inputs is not None else check_inputs(predictor.img_size)
+    with quiet_torchscript():
+        try:
+            scripted = torch.jit.script(_for_export(predictor, example))
+        except Exception as exc:  # scripting errors are long; the first line names the problem
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"cannot script the model for export ({type(exc).__name__}: {first}); give it a "
+                              f"scriptable(example) method returning a TorchScript-compatible module") from exc
+        with atomic_path(path) as tmp:
+            torch.jit.save(scripted, str(tmp))
+            reloaded = torch.jit.load(str(tmp), map_location="cpu")
+            worst = compare_to_eager(predictor, reloaded, inputs, tolerance, what=f"{path} (reloaded)")
+            if list(reloaded.class_names) != list(predictor.class_names):
+                raise ExportError(f"{path}: class_names did not survive export and reload")
+    return {"path": str(path), "max_abs_diff": worst, "n_inputs": len(inputs)}
+
+
+# ---- ONNX --------------------------------------------------------------------------------------------------------
+# The legacy (TorchScript-based) ONNX exporter has no rule for antialiased bilinear resizing, and the dynamo
+# exporter needs onnxscript and cannot keep the shape arithmetic symbolic. So the ONNX graph's preprocessing is
+# written directly: ONNX Resize (opset 18, antialias=1, half_pixel) with output sizes computed from the input
+# shape, and Round (half to even, like Python's round) for the crop offsets: any input size works.
+
+class _ResizeCenterCropOnnx(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, resize_size: int, crop_size: int):  # noqa: ARG004 - eager path while tracing
+        return resize_and_center_crop(x, resize_size, crop_size)
+
+    @staticmethod
+    def symbolic(g, x, resize_size: int, crop_size: int):
+        def const(values, dtype=torch.int64):
+            return g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
+
+        shape = g.op("Shape", x)
+        batch_channels = g.op("Slice", shape, const([0]), const([2]))
+        hw = g.op("Slice", shape, const([2]), const([4]))
+        short = g.op("ReduceMin", hw, keepdims_i=1)
+        long = g.op("ReduceMax", hw, keepdims_i=1)
+        target = const([resize_size])
+        new_long = g.op("Div", g.op("Mul", target, long), short)  # integer division: floor for positives
+        new_hw = g.op("Where", g.op("Equal", hw, short), target, new_long)
+        empty = const([], torch.float32)
+        resized = g.op("Resize", x, empty, empty, g.op("Concat", batch_channels, new_hw, axis_i=0),
+                       mode_s="linear", antialias_i=1, coordinate_transformation_mode_s="half_pixel")
+        excess = g.op("Cast", g.op("Sub", new_hw, const([crop_size])), to_i=1)  # 1 = FLOAT
+        start = g.op("Cast", g.op("Round", g.op("Div", excess, const([2.0, 2.0], torch.float32))), to_i=7)  # INT64
+        end = g.op("Add", start, const([crop_size, crop_size]))
+        return g.op("Slice", resized, start, end, const([2, 3]))
+
+
+class _OnnxPredictor(nn.Module):
+    """The same computation as :class:`Predictor` for uint8 input, with ONNX-exportable preprocessing."""
+
+    def __init__(self, predictor: Predictor, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.resize_size, self.img_size = predictor.resize_size, predictor.img_size
+        self.register_buffer("mean", predictor.mean.clone())
+        self.register_buffer("std", predictor.std.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _ResizeCenterCropOnnx.apply(x.float() / 255.0, self.resize_size, self.img_size)
+        return F.softmax(self.model((x - self.mean) / self.std), dim=1)
+
+
+def export_onnx(predictor: Predictor, path: str | os.PathLike, example: torch.Tensor | None = None,
+                inputs: Sequence[torch.Tensor] | None = None, tolerance: float = EXPORT_TOLERANCE) -> dict:
+    """Export ``predictor`` to ONNX (input ``image``: uint8 ``[B, 3, H, W]``, any size; output ``probs``), then run
+    the file with onnxruntime and compare with the eager predictor, like :func:`export_torchscript`.
+
+    Class names are stored in the file's metadata (``class_names``, one per line).
+    """
+    try:
+        import onnx  # noqa: PLC0415
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs the onnx and onnxruntime packages ({exc}); "
+                          f"pip install onnx onnxruntime") from None
+    path = Path(path)
+    predictor = predictor.eval()
+    model = _for_export(predictor, example).model
+    wrapper = _OnnxPredictor(predictor, model).eval()
+    inputs = [x for x in (inputs if inputs is not None else check_inputs(predictor.img_size)) if x.dtype == torch.uint8]
+    trace_input = inputs[0][:1]
+    import warnings  # noqa: PLC0415
+
+    buffer = io.BytesIO()
+    with quiet_torchscript(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(wrapper, (trace_input,), buffer, dynamo=False, opset_version=18,
+                              input_names=["image"], output_names=["probs"],
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "probs": {0: "batch"}})
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"ONNX export failed ({type(exc).__name__}: {first})") from exc
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in (("class_names", "\n".join(predictor.class_names)), ("img_size", str(predictor.img_size)),
+                       ("resize_size", str(predictor.resize_size)), ("format", PREDICTOR_FORMAT),
+                       ("arch", predictor.arch)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+
+        worst = compare_to_eager(predictor, run, inputs, tolerance, what=f"{path} (onnxruntime)")
+    return {"path": str(path), "max_abs_diff": worst, "n_inputs": len(inputs)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading an exported file, and turning a photo file into model input
+# --------------------------------------------------------------------------------------------------------------
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return text or type(exc).__name__
+
+
+def load_exported(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> torch.jit.ScriptModule:
+    """Load an exported predictor (``checkpoints/*_exported.pt``) in eval mode.
+
+    Raises :class:`ExportedModelError` with one line naming the file and what is wrong: missing, not TorchScript
+    (a training checkpoint, say), or TorchScript that is not a landmark predictor.
+    """
+    path = Path(path)
+    hint = "export one with: python -m src export --checkpoint runs/NAME/best.pt"
+    if not path.exists():
+        raise ExportedModelError(f"{path}: no such file ({hint})")
+    if path.is_dir():
+        raise ExportedModelError(f"{path}: is a folder, not an exported model file")
+    with quiet_torchscript():
+        try:
+            module = torch.jit.load(str(path), map_location=device or "cpu")
+        except Exception as exc:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as zf:
+                    names = zf.namelist()
+                if any(n.endswith("data.pkl") for n in names) and not any(n.endswith("constants.pkl") for n in names):
+                    raise ExportedModelError(f"{path}: a torch.save file (a training checkpoint?), not an exported "
+                                             f"TorchScript model; {hint}") from None
+            raise ExportedModelError(f"{path}: not a TorchScript file ({_first_line(exc)})") from None
+    if not hasattr(module, "class_names"):
+        raise ExportedModelError(f"{path}: TorchScript, but not an exported landmark predictor (it has no "
+                                 f"class_names); {hint}")
+    return module.eval()
+
+
+def load_image_tensor(source, resize_size: int = 256, name: str | None = None) -> torch.Tensor:
+    """A photo file (path or bytes) as a uint8 tensor ``[3, H, W]`` ready for the exported predictor.
+
+    Decoding is :func:`src.images.open_image` (any format, EXIF orientation, any mode to RGB, bomb guard), with
+    JPEG draft decoding at no less than ``resize_size`` like training. A huge photo (shorter side at least
+    ``16 * resize_size``, e.g. a 30-megapixel PNG) is first shrunk with Pillow's antialiased bilinear filter to
+    exactly 8x the shape the model's resize will produce: the same geometry, about 0.1 grey level of difference
+    after the model's resize, and a bounded amount of memory. Raises ``ImageLoadError`` for bad files.
+    """
+    img = open_image(source, name=name, draft_size=resize_size)
+    if min(img.size) >= PRESHRINK_FACTOR * 2 * resize_size:
+        height, width = resized_shape(img.height, img.width, resize_size)
+        img = img.resize((PRESHRINK_FACTOR * width, PRESHRINK_FACTOR * height), Image.BILINEAR)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy, [H, W, 3]
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def prepare_for_batch(image: torch.Tensor, resize_size: int) -> torch.Tensor:
+    """One uint8 ``[3, H, W]`` photo -> float ``[3, R, R]`` in [0, 1] (R = ``resize_size``): the exported module's
+    own resize + center crop to a square, so photos of different sizes can be stacked into one batch and the
+    module (which then does not resample again) sees exactly what it would see for the photo alone."""
+    return resize_and_center_crop(to_unit_float(image.unsqueeze(0)), resize_size, resize_size)[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Testing an exported model, and the app's functions
+# --------------------------------------------------------------------------------------------------------------
+
+def predictor_test(test_dataloader, model_reloaded, batch_size: int = 32, workers: int | None = None):
+    """Run an exported predictor over the test photos; returns ``(truth, predictions)`` as int arrays.
+
+    Like the course's version it reads the photo files behind ``test_dataloader`` (its dataset's ``samples``) rather
+    than the loader's normalised tensors, because the exported module does its own preprocessing. Labels are
+    mapped by class name when the model's class list differs from the data set's. ``test_dataloader`` may also
+    be a list of ``(path, label)``.
+    """
+    from .tagging import iter_predictions  # noqa: PLC0415 - tagging imports this module
+
+    dataset = getattr(test_dataloader, "dataset", test_dataloader)
+    samples = list(getattr(dataset, "samples", dataset))
+    data_classes = list(getattr(dataset, "class_names", []) or [])
+    model_classes = list(model_reloaded.class_names)
+    if data_classes and data_classes != model_classes:
+        index = {name: i for i, name in enumerate(model_classes)}
+        missing = sorted({data_classes[label] for _, label in samples} - set(index))
+        if missing:
+            raise ValueError(f"test classes {missing} are not among the model's {len(model_classes)} classes")
+        samples = [(p, index[data_classes[label]]) for p, label in samples]
+    paths = [p for p, _ in samples]
+    labels = {str(p): label for p, label in samples}
+    truth, preds = [], []
+    for result in iter_predictions(model_reloaded, paths, batch_size=batch_size, workers=workers,
+                                   desc="Testing exported model"):
+        if result.error is not None:
+            log.warning("Skipping %s", result.error)
+            continue
+        truth.append(labels[str(result.path)])
+        preds.append(int(result.probs.argmax()))
+    truth_a, preds_a = np.array(truth, dtype=np.int64), np.array(preds, dtype=np.int64)
+    if len(truth_a):
+        print(f"Test accuracy: {100.0 * (truth_a == preds_a).mean():.1f}% ({int((truth_a == preds_a).sum())}/"
+              f"{len(truth_a)})")
+    return truth_a, preds_a
+
+
+def confusion_matrix(truth, preds, num_classes: int) -> np.ndarray:
+    """``cm[i, j]`` = number of photos of class ``i`` predicted as ``j``."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(truth, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
+    return cm
+
+
+def per_class_accuracy(truth, preds, class_names: Sequence[str]) -> dict[str, float | None]:
+    """``{class folder name: accuracy}`` (``None`` for a class with no test photos)."""
+    cm = confusion_matrix(truth, preds, len(class_names))
+    totals = cm.sum(axis=1)
+    return {name: (float(cm[i, i] / totals[i]) if totals[i] else None) for i, name in enumerate(class_names)}
+
+
+def plot_confusion_matrix(truth, preds, class_names: Sequence[str], normalize: bool = True):
+    """Confusion matrix heat map (rows: truth, normalised per row by default); returns the figure."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    n = len(class_names)
+    cm = confusion_matrix(truth, preds, n).astype(np.float64)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    labels = [class_display_name(c) for c in class_names]
+    side = max(5.0, 0.28 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side, side))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=7 if n > 20 else 9)
+    ax.set_yticks(range(n), labels, fontsize=7 if n > 20 else 9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = float((np.asarray(truth) == np.asarray(preds)).mean()) if len(truth) else float("nan")
+    ax.set_title(f"Confusion matrix ({len(truth)} test photos, accuracy {acc:.1%})")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_accuracy(truth, preds, class_names: Sequence[str]):
+    """Horizontal bar chart of per-class accuracy, worst first; returns the figure."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    acc = per_class_accuracy(truth, preds, class_names)
+    items = sorted(((v if v is not None else -1.0), class_display_name(k)) for k, v in acc.items())
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(items) + 1)))
+    ax.barh([name for _, name in items], [max(v, 0.0) for v, _ in items], color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy on the test photos")
+    ax.tick_params(axis="y", labelsize=7 if len(items) > 20 else 9)
+    fig.tight_layout()
+    return fig
+
+
+_MODEL_CACHE: dict[tuple[str, int], torch.jit.ScriptModule] = {}
+
+
+def default_exported_path() -> Path:
+    """The exported model the app uses: the transfer model when there is one, else the scratch model."""
+    for name in (TRANSFER_EXPORT_NAME, SCRATCH_EXPORT_NAME):
+        if (CHECKPOINTS_DIR / name).exists():
+            return CHECKPOINTS_DIR / name
+    raise ExportedModelError(f"{CHECKPOINTS_DIR}: no exported model ({TRANSFER_EXPORT_NAME} or "
+                             f"{SCRATCH_EXPORT_NAME}); export one with: python -m src export --checkpoint PATH")
+
+
+def get_exported_model(model=None) -> torch.jit.ScriptModule:
+    """``model`` itself when it is a module, else the exported file at ``model`` (default: the app's), cached."""
+    if isinstance(model, nn.Module):
+        return model
+    path = Path(model) if model is not None else default_exported_path()
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_exported(path)
+    return _MODEL_CACHE[key]
+
+
+def top_k(probs: torch.Tensor, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """``[(folder name, probability)]`` of the ``k`` most likely classes, most likely first."""
+    k = max(1, min(int(k), len(class_names)))
+    values, indices = torch.topk(probs.float(), k)
+    return [(class_names[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+def predict_landmarks(img_path, k: int = 5, model=None) -> tuple[list[str], list[float]]:
+    """The ``k`` most likely landmarks of a photo: ``(names, probabilities)``, most likely first.
+
+    ``model``: a loaded exported module, a path to one, or ``None`` for the app's (``checkpoints/``).
+    Names are readable ("Golden Gate Bridge"). Raises ``ImageLoadError`` for a file that is not a usable photo.
+    """
+    from .landmarks import display_name  # noqa: PLC0415
+
+    module = get_exported_model(model)
+    image = load_image_tensor(img_path, int(module.resize_size))
+    with torch.no_grad():
+        probs = module(image.unsqueeze(0))[0]
+    best = top_k(probs, list(module.class_names), k)
+    return [display_name(c) for c, _ in best], [p for _, p in best]
+
+
+def suggestion_question(names: Sequence[str]) -> str:
+    """``["A", "B", "C"]`` -> ``"Is this picture of the A, B, or C?"``."""
+    names = list(names)
+    if len(names) == 1:
+        listed = names[0]
+    elif len(names) == 2:
+        listed = f"{names[0]} or {names[1]}"
+    else:
+        listed = ", ".join(names[:-1]) + f", or {names[-1]}"
+    return f"Is this picture of the {listed}?"
+
+
+def suggest_locations(img_path, k: int = 3, model=None, show: bool = True) -> str:
+    """Show the photo and ask "Is this picture of the A, B, or C?" with the ``k`` most likely landmarks.
+
+    Returns the question (also printed).
+    """
+    names, _ = predict_landmarks(img_path, k, model)
+    question = suggestion_question(names)
+    if show:
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        img: Image.Image = open_image(img_path)
+        fig, ax = plt.subplots(figsize=(6, 6 * img.height / max(img.width, 1)))
+        ax.imshow(img)
+        ax.axis("off")
+        fig.tight_layout()
+        plt.show()
+    print(question)
+    return question
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line: python -m src export --checkpoint PATH [--out FILE.pt] [--onnx]
+# --------------------------------------------------------------------------------------------------------------
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/scratch/best.pt)")
+    parser.add_argument("--out", default=None,
+                        help=f"exported file (default: checkpoints/{SCRATCH_EXPORT_NAME} for a from-scratch model, "
+                             f"checkpoints/{TRANSFER_EXPORT_NAME} otherwise)")
+    parser.add_argument("--onnx", action="store_true", help="also write an ONNX file beside it (same name, .onnx)")
+
+
+def predictor_from_checkpoint(checkpoint_path: str | os.PathLike) -> Predictor:
+    """A :class:`Predictor` around the model of a training checkpoint (``src.train`` format)."""
+    from .train import build_model_from_checkpoint, load_checkpoint  # noqa: PLC0415
+
+    ckpt = load_checkpoint(checkpoint_path)
+    model = build_model_from_checkpoint(ckpt)
+    return Predictor(model, ckpt["class_names"], ckpt["mean"], ckpt["std"], ckpt.get("img_size", DEFAULT_IMG_SIZE),
+                     arch=ckpt.get("arch", ""))
+
+
+def export_main(args: argparse.Namespace) -> int:
+    predictor = predictor_from_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else default_export_path(predictor.arch)
+    report = export_torchscript(predictor, out)
+    print(f"Exported {out} ({predictor.arch or 'model'}, {len(predictor.class_names)} classes, "
+          f"{predictor.img_size} px): reloaded and checked against the eager model on {report['n_inputs']} inputs, "
+          f"max |difference| {report['max_abs_diff']:.1e}")
+    if args.onnx:
+        onnx_path = out.with_suffix(".onnx")
+        report = export_onnx(predictor, onnx_path)
+        print(f"Exported {onnx_path}: checked with onnxruntime on {report['n_inputs']} inputs, "
+              f"max |difference| {report['max_abs_diff']:.1e}")
+    return 0

@@ -1,0 +1,556 @@
+"""Predicting and tagging photos in bulk: ``python -m src predict`` and ``python -m src tag``.
+
+Both commands turn a file into model input the same way (:func:`src.predictor.load_image_tensor`), so a photo
+gets the same answer from either. A file that is not a usable photo gets a one-line error naming it and the
+reason; the others go on.
+
+``tag`` decodes photos in worker threads (Pillow and torch release the GIL) while the main thread runs batched
+forward passes, writes a CSV atomically, keeps a journal so a killed run loses at most the batch in flight, and
+skips photos already tagged on a second run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+from xml.sax.saxutils import escape, quoteattr
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .helpers import atomic_write_text
+from .images import ImageLoadError, is_candidate_image
+from .landmarks import NO_LANDMARK, describe, display_name, format_latlon, landmark_info, xmp_gps_coordinate
+from .predictor import load_exported, load_image_tensor, prepare_for_batch, top_k
+
+DEFAULT_BATCH_SIZE = 32
+CREATOR_TOOL = "landmark-tagger"
+
+# --------------------------------------------------------------------------------------------------------------
+# EXIF GPS
+# --------------------------------------------------------------------------------------------------------------
+
+GPS_IFD = 0x8825
+
+
+def _dms_to_degrees(dms, ref) -> float | None:
+    try:
+        parts = [float(v) for v in dms]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not parts or len(parts) > 3 or not all(math.isfinite(v) for v in parts):
+        return None
+    parts += [0.0] * (3 - len(parts))
+    value = parts[0] + parts[1] / 60.0 + parts[2] / 3600.0
+    if isinstance(ref, bytes):
+        ref = ref.decode("ascii", "ignore")
+    ref = str(ref or "").strip("\x00 ").upper()
+    return -value if ref in ("S", "W") else value
+
+
+def read_exif_gps(path: str | os.PathLike) -> tuple[float, float] | None:
+    """The photo's own GPS position ``(lat, lon)`` from its EXIF, or ``None`` when it has none (or a bogus one).
+
+    Reads only the header. ``(0, 0)`` is treated as "no fix" (cameras write it when they have none).
+    """
+    try:
+        with Image.open(path) as img:
+            gps = img.getexif().get_ifd(GPS_IFD)
+    except Exception:  # no EXIF, unreadable EXIF, not an image: no GPS either way
+        return None
+    if not gps or 2 not in gps or 4 not in gps:
+        return None
+    lat = _dms_to_degrees(gps.get(2), gps.get(1))
+    lon = _dms_to_degrees(gps.get(4), gps.get(3))
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
+        return None
+    return round(lat, 6), round(lon, 6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files -> predictions
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class PhotoResult:
+    """One photo's outcome: probabilities over the classes, or the one-line error."""
+
+    path: Path
+    probs: torch.Tensor | None = None
+    error: str | None = None
+    gps: tuple[float, float] | None = None
+
+
+def _error_line(path, exc: BaseException) -> str:
+    if isinstance(exc, ImageLoadError):
+        return str(exc)
+    return str(ImageLoadError(path, f"{type(exc).__name__}: {exc}"))
+
+
+def _decode(path: Path, resize_size: int, with_gps: bool) -> tuple[torch.Tensor | None, str | None, tuple | None]:
+    try:
+        image = prepare_for_batch(load_image_tensor(path, resize_size), resize_size)
+    except Exception as exc:  # every failure of one photo stays with that photo
+        return None, _error_line(path, exc), None
+    return image, None, (read_exif_gps(path) if with_gps else None)
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int = DEFAULT_BATCH_SIZE,
+                     workers: int | None = None, with_gps: bool = False, progress: bool = True,
+                     desc: str = "Tagging") -> Iterator[PhotoResult]:
+    """Predict every photo of ``paths`` with an exported model; yields one :class:`PhotoResult` per path, in order.
+
+    Worker threads decode and resize photos (to the module's square input) while the main thread runs the
+    batched forward pass; at most two batches are decoded ahead, so memory stays bounded on any folder size.
+    """
+    paths = [Path(p) for p in paths]
+    resize_size = int(model.resize_size)
+    batch_size = max(1, int(batch_size))
+    workers = workers or default_workers()
+    device = next((b.device for b in model.buffers()), torch.device("cpu"))
+    bar = tqdm(total=len(paths), desc=desc, unit="photo", disable=not progress or len(paths) < 2)
+    pending: deque = deque()
+    next_index = 0
+    pool = ThreadPoolExecutor(max_workers=workers)
+
+    def fill() -> None:
+        nonlocal next_index
+        while next_index < len(paths) and len(pending) < 2 * batch_size + workers:
+            path = paths[next_index]
+            pending.append((path, pool.submit(_decode, path, resize_size, with_gps)))
+            next_index += 1
+
+    try:
+        fill()
+        while pending:
+            batch = []
+            while pending and len(batch) < batch_size:
+                path, future = pending.popleft()
+                batch.append((path, *future.result()))
+                fill()
+            good = [i for i, (_, image, _, _) in enumerate(batch) if image is not None]
+            probs = None
+            if good:
+                # inference mode only around the forward: it is thread-local state, and a generator's caller
+                # runs between our yields
+                with torch.inference_mode():
+                    probs = model(torch.stack([batch[i][1] for i in good]).to(device)).float().cpu()
+            row_of = {i: r for r, i in enumerate(good)}
+            for i, (path, _, error, gps) in enumerate(batch):
+                yield PhotoResult(path, probs[row_of[i]].clone() if i in row_of else None, error, gps)
+            bar.update(len(batch))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # stopped early: do not decode what nobody will read
+        bar.close()
+
+
+def make_record(path: str, probs: torch.Tensor | None, class_names: Sequence[str], k: int = 5,
+                min_prob: float = 0.0, gps: tuple[float, float] | None = None, error: str | None = None) -> dict:
+    """The answer for one photo as plain data (what ``predict --json`` prints and a ``tag`` row holds).
+
+    ``status``: ``"ok"``, ``"low_confidence"`` (top probability below ``min_prob``: reported as "no known
+    landmark" and given no landmark location) or ``"error"``. ``lat``/``lon``: the photo's own EXIF position when it
+    has one (``gps_source: "exif"``), else the top landmark's (``"landmark"``), else none.
+    """
+    record = {"path": path, "status": "error", "landmark": None, "class": None, "prob": None, "city": None,
+              "country": None, "lat": None, "lon": None, "gps_source": None, "top_k": [], "error": error}
+    if probs is None:
+        record["error"] = error or f"{path}: no prediction"
+        return record
+    best = top_k(probs, class_names, k)
+    for folder, p in best:
+        info = landmark_info(folder) or {}
+        record["top_k"].append({"class": folder, "name": display_name(folder), "prob": round(p, 6),
+                                "city": info.get("city"), "country": info.get("country"),
+                                "lat": info.get("lat"), "lon": info.get("lon")})
+    top = record["top_k"][0]
+    record["prob"] = top["prob"]
+    if top["prob"] < min_prob:
+        record.update(status="low_confidence", landmark=NO_LANDMARK)
+    else:
+        record.update(status="ok", landmark=top["name"], city=top["city"], country=top["country"])
+        record["class"] = top["class"]
+        if top["lat"] is not None:
+            record.update(lat=top["lat"], lon=top["lon"], gps_source="landmark")
+    if gps is not None:
+        record.update(lat=gps[0], lon=gps[1], gps_source="exif")
+    return record
+
+
+def format_record(record: dict) -> str:
+    """Human-readable lines for one photo (what ``predict`` prints without ``--json``)."""
+    if record["status"] == "error":
+        return f"error: {record['error']}"
+    lines = [record["path"]]
+    if record["status"] == "low_confidence":
+        lines.append(f"  {NO_LANDMARK} (best guess below the --min-prob threshold)")
+    for i, entry in enumerate(record["top_k"], 1):
+        lines.append(f"  {i}. {describe(entry['class'], entry['prob'])}")
+    if record["gps_source"] == "exif":
+        lines.append(f"  photo's own location (EXIF GPS): {format_latlon(record['lat'], record['lon'])}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------------------------
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files")
+    parser.add_argument("--model", required=True, help="exported model (checkpoints/*_exported.pt)")
+    parser.add_argument("-k", type=int, default=5, help="how many guesses per photo (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per photo (one per line)")
+    parser.add_argument("--min-prob", type=float, default=0.0,
+                        help="below this top probability, say 'no known landmark' (default 0: always guess)")
+
+
+def predict_main(args: argparse.Namespace) -> int:
+    """Predict each photo on its own (the exported module resizes it); bad files are reported and skipped.
+
+    Exit status 0 only when every photo succeeded.
+    """
+    model = load_exported(args.model)
+    class_names = list(model.class_names)
+    resize_size = int(model.resize_size)
+    failures = 0
+    for image_path in args.images:
+        try:
+            image = load_image_tensor(image_path, resize_size)
+            with torch.inference_mode():
+                probs = model(image.unsqueeze(0))[0].float()
+            record = make_record(image_path, probs, class_names, args.k, args.min_prob, read_exif_gps(image_path))
+        except Exception as exc:  # one bad photo never stops the others
+            record = make_record(image_path, None, class_names, error=_error_line(image_path, exc))
+        if record["status"] == "error":
+            failures += 1
+            print(f"error: {record['error']}", file=sys.stderr)
+            if args.json:
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            print(json.dumps(record, ensure_ascii=False) if args.json else format_record(record), flush=True)
+    return 0 if failures == 0 else 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tag: CSV rows, journal, resume
+# --------------------------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ["path", "status", "landmark", "class", "prob", "city", "country", "lat", "lon", "gps_source",
+               "top_k", "top_k_probs", "error"]
+DONE_STATUSES = ("ok", "low_confidence")  # rows kept on a rerun; "error" rows are tried again
+
+
+def record_to_row(record: dict) -> dict[str, str]:
+    """A record as a CSV row of strings (``top_k``/``top_k_probs`` joined with ``|``)."""
+    def fmt(value, digits=None):
+        if value is None:
+            return ""
+        return f"{value:.{digits}f}" if digits is not None else str(value)
+
+    return {
+        "path": record["path"], "status": record["status"], "landmark": fmt(record["landmark"]),
+        "class": fmt(record["class"]), "prob": fmt(record["prob"], 4), "city": fmt(record["city"]),
+        "country": fmt(record["country"]), "lat": fmt(record["lat"], 6 if record["gps_source"] == "exif" else 4),
+        "lon": fmt(record["lon"], 6 if record["gps_source"] == "exif" else 4), "gps_source": fmt(record["gps_source"]),
+        "top_k": "|".join(e["name"] for e in record["top_k"]),
+        "top_k_probs": "|".join(f"{e['prob']:.4f}" for e in record["top_k"]),
+        "error": fmt(record["error"]),
+    }
+
+
+def rows_to_csv(rows: Iterable[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c, "") for c in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+class TagFileError(ValueError):
+    """An output file that is not a tag CSV of this tool (so it is never overwritten)."""
+
+
+def _parse_rows(text: str, source: Path, header_required: bool) -> list[dict]:
+    if not text.strip():
+        return []
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header != CSV_COLUMNS:
+        if header_required:
+            raise TagFileError(f"{source}: exists but is not a tag CSV written by this command (its header is "
+                               f"{header}); move it or choose another --out")
+        return []
+    rows = []
+    for values in reader:
+        if len(values) != len(CSV_COLUMNS):
+            continue  # a torn line from a killed run
+        row = dict(zip(CSV_COLUMNS, values))
+        if row["path"] and row["status"] in (*DONE_STATUSES, "error"):
+            rows.append(row)
+    return rows
+
+
+def journal_path(out: Path) -> Path:
+    """Where a running ``tag`` appends finished rows (hidden, beside the CSV; merged in and removed at the end)."""
+    return out.with_name(f".{out.name}.journal")
+
+
+def read_existing_rows(out: Path) -> dict[str, dict]:
+    """Rows of a previous run, by path: the CSV itself plus the journal a killed run left behind.
+
+    Raises :class:`TagFileError` if ``out`` exists and is not a tag CSV of this tool.
+    """
+    rows: dict[str, dict] = {}
+    if out.exists():
+        for row in _parse_rows(out.read_text(encoding="utf-8"), out, header_required=True):
+            rows[row["path"]] = row
+    journal = journal_path(out)
+    if journal.exists():
+        text = journal.read_text(encoding="utf-8", errors="replace")
+        if not text.endswith("\n"):  # the last line was being written when the run died
+            text = text[: text.rfind("\n") + 1]
+        for row in _parse_rows(text, journal, header_required=False):
+            rows[row["path"]] = row
+    return rows
+
+
+class Journal:
+    """Append-only record of finished rows, flushed and fsynced after every batch: a killed run loses only the
+    batch in flight, and rewriting the whole CSV stays a once-per-run cost."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        new = not path.exists() or path.stat().st_size == 0
+        self.fh = open(path, "a", encoding="utf-8", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        if new:
+            self.writer.writeheader()
+
+    def write(self, rows: Sequence[dict]) -> None:
+        for row in rows:
+            self.writer.writerow(row)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def list_photos(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Candidate photos under ``folder``, recursively, in a fixed order; hidden files/folders and junk skipped."""
+    excluded = {p.resolve() for p in exclude}
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if is_candidate_image(name) and path.resolve() not in excluded:
+                found.append(path)
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# XMP sidecars
+# --------------------------------------------------------------------------------------------------------------
+
+def sidecar_path(photo: Path) -> Path:
+    """``photo.jpg`` -> ``photo.jpg.xmp`` (darktable/digiKam convention; unlike Lightroom's ``photo.xmp`` it never
+    makes ``photo.jpg`` and ``photo.png`` share one sidecar)."""
+    return photo.with_name(photo.name + ".xmp")
+
+
+def sidecar_xml(row: dict) -> str | None:
+    """XMP packet for a tagged row: GPS (``exif:GPSLatitude`` "37,49.1940N" ...) and ``dc:subject`` keywords
+    (landmark, city, country). ``None`` when there is nothing to say (an error, or low confidence without GPS)."""
+    keywords = []
+    if row["status"] == "ok":
+        keywords = [v for v in (row["landmark"], row["city"], row["country"]) if v]
+    has_gps = bool(row["lat"]) and bool(row["lon"])
+    if not keywords and not has_gps:
+        return None
+    attrs = [f"xmp:CreatorTool={quoteattr(CREATOR_TOOL)}"]
+    if has_gps:
+        lat, lon = float(row["lat"]), float(row["lon"])
+        attrs += ['exif:GPSVersionID="2.2.0.0"', 'exif:GPSMapDatum="WGS-84"',
+                  f"exif:GPSLatitude={quoteattr(xmp_gps_coordinate(lat, True))}",
+                  f"exif:GPSLongitude={quoteattr(xmp_gps_coordinate(lon, False))}"]
+    if row["status"] == "ok":
+        if row["city"]:
+            attrs.append(f"photoshop:City={quoteattr(row['city'])}")
+        if row["country"]:
+            attrs.append(f"photoshop:Country={quoteattr(row['country'])}")
+    subject = ""
+    if keywords:
+        items = "".join(f"\n     <rdf:li>{escape(k)}</rdf:li>" for k in dict.fromkeys(keywords))
+        subject = f"\n   <dc:subject>\n    <rdf:Bag>{items}\n    </rdf:Bag>\n   </dc:subject>"
+    attr_text = "\n    ".join(attrs)
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="{CREATOR_TOOL}">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about=""\n'
+        '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+        '    xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'
+        '    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"\n'
+        '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+        f"    {attr_text}>{subject}\n"
+        "  </rdf:Description>\n"
+        " </rdf:RDF>\n"
+        "</x:xmpmeta>\n"
+        '<?xpacket end="w"?>\n'
+    )
+
+
+def write_sidecar(photo: Path, row: dict) -> str:
+    """Write (atomically) the XMP sidecar of one photo; the photo itself is never touched.
+
+    Returns ``"written"``, ``"nothing"`` (no keywords or GPS to record) or ``"kept"`` (a sidecar from another
+    program is there - darktable keeps its edit history in it - and is left alone).
+    """
+    xml = sidecar_xml(row)
+    if xml is None:
+        return "nothing"
+    target = sidecar_path(photo)
+    if target.exists():
+        try:
+            ours = f'CreatorTool="{CREATOR_TOOL}"' in target.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            return "kept"
+    atomic_write_text(target, xml)
+    return "written"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tag
+# --------------------------------------------------------------------------------------------------------------
+
+def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="DIR", help="folder of photos (searched recursively)")
+    parser.add_argument("--model", required=True, help="exported model (checkpoints/*_exported.pt)")
+    parser.add_argument("--out", required=True, help="CSV to write (paths in it are relative to DIR)")
+    parser.add_argument("-k", type=int, default=3, help="how many guesses per photo (default 3)")
+    parser.add_argument("--min-prob", type=float, default=0.0,
+                        help="below this top probability a photo is marked 'no known landmark' (status "
+                             "low_confidence, no landmark location) instead of guessing (default 0)")
+    parser.add_argument("--sidecar", action="store_true",
+                        help="write PHOTO.xmp sidecars (e.g. photo.jpg.xmp) with GPS and keywords; originals are "
+                             "never modified, and sidecars written by other programs are left alone")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="photos per forward pass")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
+    parser.add_argument("--redo", action="store_true", help="tag every photo again instead of skipping done ones")
+
+
+@dataclass
+class TagSummary:
+    total: int = 0
+    skipped: int = 0
+    tagged: int = 0
+    low_confidence: int = 0
+    errors: int = 0
+    sidecars_written: int = 0
+    sidecars_kept: int = 0
+    seconds: float = 0.0
+
+
+def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int = 3, min_prob: float = 0.0,
+               sidecar: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+               redo: bool = False, progress: bool = True) -> TagSummary:
+    """Tag every photo under ``folder`` into the CSV ``out``; see ``python -m src tag --help``.
+
+    Resume: rows of a previous run (the CSV, plus the journal of a killed run) whose status is ``ok`` or
+    ``low_confidence`` are kept and their photos skipped; ``error`` rows are tried again (the file may have been
+    fixed, and failing is quick). Finished rows go to a journal after every batch (a killed run loses at most
+    the batch in flight); the CSV is rewritten atomically at the end, or when the run is interrupted, sorted by
+    path, and the journal removed. Error lines go to stderr.
+    """
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = load_exported(model) if not isinstance(model, torch.nn.Module) else model
+    class_names = list(model.class_names)
+    started = time.perf_counter()
+    rows = {} if redo else read_existing_rows(out)
+    if redo and journal_path(out).exists():
+        journal_path(out).unlink()
+    done = {p for p, row in rows.items() if row["status"] in DONE_STATUSES}
+    photos = list_photos(folder, exclude=[out])
+    relative = {p: p.relative_to(folder).as_posix() for p in photos}
+    todo = [p for p in photos if relative[p] not in done]
+    summary = TagSummary(total=len(photos), skipped=len(photos) - len(todo))
+    if summary.skipped:
+        tqdm.write(f"{summary.skipped} of {len(photos)} photos already tagged in {out}; tagging the other {len(todo)}")
+
+    def count_sidecar(result: str) -> None:
+        summary.sidecars_written += result == "written"
+        summary.sidecars_kept += result == "kept"
+
+    if sidecar:  # photos done in an earlier run without --sidecar get theirs now (no prediction needed)
+        for p in photos:
+            if relative[p] in done and not sidecar_path(p).exists():
+                count_sidecar(write_sidecar(p, rows[relative[p]]))
+    journal = Journal(journal_path(out)) if todo else None
+    try:
+        pending_rows: list[dict] = []
+        for result in iter_predictions(model, todo, batch_size=batch_size, workers=workers, with_gps=True,
+                                       progress=progress, desc=f"Tagging {folder}"):
+            name = relative[result.path]
+            record = make_record(name, result.probs, class_names, k, min_prob, result.gps, error=result.error)
+            if record["status"] == "error":
+                summary.errors += 1
+                tqdm.write(f"error: {record['error']}", file=sys.stderr)
+            else:
+                summary.tagged += 1
+                summary.low_confidence += record["status"] == "low_confidence"
+            row = record_to_row(record)
+            rows[name] = row
+            pending_rows.append(row)
+            if sidecar and record["status"] != "error":
+                count_sidecar(write_sidecar(result.path, row))
+            if len(pending_rows) >= batch_size:
+                journal.write(pending_rows)
+                pending_rows = []
+        if journal is not None and pending_rows:
+            journal.write(pending_rows)
+    finally:
+        if journal is not None:
+            journal.close()
+        # Also on Ctrl-C or an unexpected error: everything finished so far lands in the CSV.
+        atomic_write_text(out, rows_to_csv(rows[p] for p in sorted(rows)))
+        journal_path(out).unlink(missing_ok=True)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def tag_main(args: argparse.Namespace) -> int:
+    """Exit status 0 when every photo was tagged (a low-confidence answer counts as tagged), 1 if any failed."""
+    summary = tag_folder(args.folder, args.model, args.out, k=args.k, min_prob=args.min_prob, sidecar=args.sidecar,
+                         batch_size=args.batch_size, workers=args.workers, redo=args.redo)
+    new = summary.tagged + summary.errors
+    rate = f", {new / summary.seconds:.1f} photos/s" if new and summary.seconds > 0 else ""
+    parts = [f"{summary.total} photos: {summary.tagged} tagged ({summary.low_confidence} no known landmark), "
+             f"{summary.skipped} already done, {summary.errors} failed{rate} -> {args.out}"]
+    if args.sidecar:
+        parts.append(f"{summary.sidecars_written} XMP sidecars written"
+                     + (f", {summary.sidecars_kept} left alone (written by another program)"
+                        if summary.sidecars_kept else ""))
+    print("; ".join(parts))
+    return 0 if summary.errors == 0 else 1

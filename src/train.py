@@ -1,0 +1,709 @@
+"""The training engine every model uses, its checkpoints, and ``python -m src train``.
+
+``optimize`` trains with a progress bar per epoch, keeps the best-by-validation weights (``best.pt``) and a
+``last.pt`` that ``resume=True`` continues from, and writes the history (CSV, JSON) and a loss-curve PNG beside
+them. Every file is written atomically: killing the process at any instant leaves both checkpoints loadable.
+
+Distributed training (torchrun) slots in at two places: file writes, plots and progress bars are behind
+:func:`is_main_process`, and every metric is summed in :class:`MetricTotals`, the one place that reduces across
+processes.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .helpers import CHECKPOINTS_DIR, atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, \
+    get_device, in_notebook, seed_everything
+from .model import SCRATCH_ARCHS, create_model
+from .optimization import get_loss, get_optimizer, get_scheduler, steps_per_batch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "landmark-tagger/1"
+REQUIRED_KEYS = ("arch", "model_kwargs", "model", "class_names", "mean", "std", "img_size", "epoch")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, not ours, or does not fit the model; the message is one line."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Processes, devices, metrics
+# --------------------------------------------------------------------------------------------------------------
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed run: only the main process writes files and prints."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class MetricTotals:
+    """Sums of loss, correct and count over an epoch; :meth:`result` reduces them across processes when
+    distributed, so every metric the engine reports is computed here and nowhere else."""
+
+    def __init__(self, topk: int = 1):
+        self.topk = topk
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.correct_topk = 0
+        self.count = 0
+
+    def update(self, loss_value: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        n = targets.shape[0]
+        self.loss_sum += float(loss_value) * n
+        k = min(self.topk, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(targets.view(-1, 1))
+        self.correct += int(hits[:, 0].sum())
+        self.correct_topk += int(hits.any(dim=1).sum())
+        self.count += n
+
+    def result(self) -> dict[str, float]:
+        totals = torch.tensor([self.loss_sum, self.correct, self.correct_topk, self.count], dtype=torch.float64)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        loss_sum, correct, correct_topk, count = totals.tolist()
+        count = max(count, 1.0)
+        return {"loss": loss_sum / count, "accuracy": correct / count, "topk_accuracy": correct_topk / count,
+                "count": int(totals[3])}
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 autocast where the GPU has it (no loss scaling needed), float16 on other CUDA GPUs, none on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, enabled: bool):
+    dtype = _amp_dtype(device) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _prepare_batch(batch, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = batch[0], batch[1]
+    non_blocking = device.type == "cuda"
+    inputs = inputs.to(device, non_blocking=non_blocking)
+    targets = targets.to(device, non_blocking=non_blocking)
+    if channels_last and inputs.ndim == 4:  # images only: cached feature vectors pass straight through
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, targets
+
+
+def _progress(iterable, desc: str, leave: bool = False, total: int | None = None):
+    # Only the main process shows bars; elsewhere tqdm's own defaults apply (TQDM_DISABLE=1 turns them off).
+    extra = {} if is_main_process() else {"disable": True}
+    return tqdm(iterable, desc=desc, leave=leave, total=total, dynamic_ncols=True, **extra)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One epoch
+# --------------------------------------------------------------------------------------------------------------
+
+def train_one_epoch(train_dataloader, model: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module,
+                    scheduler=None, amp: bool = True, channels_last: bool = False, scaler=None,
+                    desc: str = "Training") -> dict[str, float]:
+    """One pass over ``train_dataloader``; returns ``{"loss", "accuracy", ...}`` averaged over the samples.
+
+    Works for images ``[B, 3, H, W]`` and for any other input (e.g. cached features ``[B, F]``). A scheduler
+    given here is stepped after every batch (cosine, one-cycle).
+    """
+    device = _model_device(model)
+    model.train()
+    totals = MetricTotals()
+    for batch in _progress(train_dataloader, desc):
+        inputs, targets = _prepare_batch(batch, device, channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, amp):
+            logits = model(inputs)
+            loss_value = loss(logits.float(), targets)
+        if not torch.isfinite(loss_value):
+            raise FloatingPointError(f"training loss became {loss_value.item()}; lower the learning rate")
+        if scaler is not None:
+            scaler.scale(loss_value).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss_value.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        totals.update(loss_value.detach(), logits.detach().float(), targets)
+    return totals.result()
+
+
+@torch.inference_mode()
+def evaluate(dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, amp: bool = True,
+             channels_last: bool = False, desc: str = "Validating", return_predictions: bool = False) -> dict:
+    """Loss, top-1 and top-k accuracy of ``model`` over ``dataloader`` (eval mode, no gradients)."""
+    device = _model_device(model)
+    model.eval()
+    totals = MetricTotals(topk)
+    preds, labels = [], []
+    for batch in _progress(dataloader, desc):
+        inputs, targets = _prepare_batch(batch, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(inputs)
+        logits = logits.float()
+        totals.update(loss(logits, targets), logits, targets)
+        if return_predictions:
+            preds.append(logits.argmax(1).cpu())
+            labels.append(targets.cpu())
+    out: dict[str, Any] = totals.result()
+    out["k"] = topk
+    if return_predictions:
+        out["predictions"] = torch.cat(preds).tolist() if preds else []
+        out["labels"] = torch.cat(labels).tolist() if labels else []
+    return out
+
+
+def valid_one_epoch(valid_dataloader, model: nn.Module, loss: nn.Module, amp: bool = True,
+                    channels_last: bool = False) -> dict[str, float]:
+    """Validation loss and accuracy (``{"loss", "accuracy", ...}``)."""
+    return evaluate(valid_dataloader, model, loss, topk=5, amp=amp, channels_last=channels_last)
+
+
+def one_epoch_test(test_dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, device=None,
+                   return_predictions: bool = False, verbose: bool = True) -> dict:
+    """Test loss, top-1 and top-``k`` accuracy; prints them unless ``verbose=False``.
+
+    ``return_predictions=True`` adds per-photo ``predictions`` and ``labels`` (for a confusion matrix).
+    """
+    if device is not None:
+        model.to(get_device(device))
+    dev = _model_device(model)
+    result = evaluate(test_dataloader, model, loss, topk=topk, amp=True,
+                      channels_last=dev.type == "cuda", desc="Testing", return_predictions=return_predictions)
+    if verbose and is_main_process():
+        print(f"Test loss: {result['loss']:.4f}   Test accuracy: {result['accuracy']:.1%}   "
+              f"Top-{topk} accuracy: {result['topk_accuracy']:.1%}   ({result['count']} photos)")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------
+
+def plain(obj):
+    """``obj`` as plain JSON-like types (what ``torch.load(weights_only=True)`` and JSON accept)."""
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, argparse.Namespace):
+        return plain(vars(obj))
+    return str(obj)
+
+
+def run_files(save_path: str | os.PathLike) -> dict[str, Path]:
+    """The files of one run: ``best`` (= ``save_path``), ``last``, ``history_csv``, ``history_json``, ``plot``.
+
+    For ``OUT/best.pt`` they are ``OUT/last.pt``, ``OUT/history.csv``, ...; for ``checkpoints/foo.pt`` they are
+    ``checkpoints/foo_last.pt``, ``checkpoints/foo_history.csv``, ... so several runs can share a folder.
+    """
+    best = Path(save_path)
+    prefix = "" if best.stem == "best" else f"{best.stem}_"
+    return {"best": best, "last": best.with_name(f"{prefix}last.pt"),
+            "history_csv": best.with_name(f"{prefix}history.csv"),
+            "history_json": best.with_name(f"{prefix}history.json"),
+            "plot": best.with_name(f"{prefix}loss_curve.png")}
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": plain(random.getstate()),
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping) -> None:
+    with contextlib.suppress(Exception):  # a checkpoint from another machine may lack CUDA states
+        torch.set_rng_state(state["torch"])
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        n = state["numpy"]
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a training checkpoint (``weights_only``: a checkpoint cannot run code).
+
+    Raises :class:`CheckpointError` with a one-line message for a missing, corrupt or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle of arbitrary objects, not a torch file at all, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        what = ("a bare state_dict" if isinstance(ckpt, dict) and ckpt and
+                all(isinstance(v, torch.Tensor) for v in ckpt.values()) else f"format {ckpt.get('format')!r}"
+                if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: not a Landmark Tagger checkpoint (found {what}, expected format "
+                              f"{CHECKPOINT_FORMAT!r} written by `python -m src train`)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def build_model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu") -> nn.Module:
+    """The checkpoint's model with its weights, in eval mode (pretrained weights are never downloaded)."""
+    kwargs = dict(ckpt.get("model_kwargs") or {})
+    if ckpt["arch"] not in SCRATCH_ARCHS:
+        kwargs["weights"] = None  # the checkpoint holds the weights
+    try:
+        model = create_model(ckpt["arch"], len(ckpt["class_names"]), **kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"cannot build arch {ckpt['arch']!r} from the checkpoint: {exc}") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r} with "
+                              f"{len(ckpt['class_names'])} classes: {first[:200]}") from None
+    return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights from one of our checkpoints (or a bare ``state_dict`` file) into ``model``."""
+    try:
+        state = load_checkpoint(path)["model"]
+    except CheckpointError:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise
+    model.load_state_dict(state)
+    return model
+
+
+def _default_metadata(model: nn.Module, data_loaders: Mapping) -> dict:
+    ds = getattr(data_loaders.get("train"), "dataset", None)
+    arch = getattr(model, "arch", None) or next((k for k, c in SCRATCH_ARCHS.items() if type(model) is c), "scratch")
+    mean = getattr(model, "mean", None) or getattr(ds, "mean", None) or [0.5, 0.5, 0.5]
+    std = getattr(model, "std", None) or getattr(ds, "std", None) or [0.5, 0.5, 0.5]
+    return {"arch": arch, "model_kwargs": dict(getattr(model, "model_kwargs", {}) or {}),
+            "class_names": list(getattr(ds, "class_names", []) or []), "mean": mean, "std": std,
+            "img_size": None, "args": {}}
+
+
+def _infer_img_size(data_loaders: Mapping) -> int:
+    ds = getattr(data_loaders.get("valid"), "dataset", None)
+    transform = getattr(ds, "transform", None)
+    for t in getattr(transform, "transforms", []):
+        size = getattr(t, "size", None)
+        if type(t).__name__ == "CenterCrop" and size:
+            return int(size[0] if isinstance(size, (tuple, list)) else size)
+    return 224
+
+
+# --------------------------------------------------------------------------------------------------------------
+# History: files and plots
+# --------------------------------------------------------------------------------------------------------------
+
+def plot_history(history: list[dict], path: str | os.PathLike | None = None, fig=None):
+    """Train/valid loss and accuracy per epoch; saved as PNG (atomically) when ``path`` is given."""
+    import matplotlib  # noqa: PLC0415 - plotting only when asked
+
+    if path is not None and not in_notebook():
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    if fig is None:
+        fig, _ = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss, ax_acc = fig.axes[:2]
+    for ax in (ax_loss, ax_acc):
+        ax.clear()
+    epochs = [h["epoch"] for h in history]
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["valid_loss"] for h in history], "o-", label="valid")
+    ax_loss.set(title="Loss", xlabel="epoch")
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [h["valid_acc"] for h in history], "o-", label="valid")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+    return fig
+
+
+class LivePlot:
+    """Redraws the history plot in the notebook cell after every epoch."""
+
+    def __init__(self):
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        self.fig, _ = plt.subplots(1, 2, figsize=(11, 4))
+        plt.close(self.fig)  # shown through display(), not by the inline backend at cell end
+
+    def update(self, history: list[dict]) -> None:
+        from IPython.display import clear_output, display  # noqa: PLC0415
+
+        plot_history(history, fig=self.fig)
+        clear_output(wait=True)
+        display(self.fig)
+
+
+def write_history(history: list[dict], files: Mapping[str, Path]) -> None:
+    atomic_write_json(files["history_json"], history)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(files["history_csv"], out.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------------------
+
+def _seed_epoch(seed: int, epoch: int, loaders: Iterable) -> None:
+    """Seed every random source from (seed, epoch): an epoch's shuffle, augmentation and dropout depend on its
+    number only, so a resumed run repeats exactly what the uninterrupted one would have done."""
+    seed_everything(seed * 1000 + epoch)
+    for loader in loaders:
+        generator = getattr(loader, "generator", None)
+        if generator is not None:
+            generator.manual_seed(seed * 1000 + epoch)
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler
+            sampler.set_epoch(epoch)
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(max(g["lr"] for g in optimizer.param_groups))
+
+
+def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module,
+             n_epochs: int, save_path: str | os.PathLike, interactive_tracking: bool = False, scheduler=None,
+             resume: bool = False, metadata: Mapping | None = None, checkpoint_model: nn.Module | None = None,
+             device: str | torch.device | None = None, amp: bool = True, channels_last: bool | None = None,
+             compile_model: bool = False, seed: int | None = None) -> list[dict]:
+    """Train ``model`` for ``n_epochs`` (in total, counting epochs done before a resume); returns the history.
+
+    * ``save_path`` receives the best-by-validation-loss checkpoint; ``last.pt`` (see :func:`run_files`) the
+      state to resume from; history CSV/JSON after every epoch and a loss-curve PNG at the end.
+    * ``scheduler``: stepped after every batch (cosine, one-cycle) or every epoch on the validation loss
+      (reduce-on-plateau).
+    * ``resume=True`` continues from ``last.pt`` when it exists.
+    * ``checkpoint_model``: the module whose weights are saved (default ``model``); a transfer run trains only
+      ``model.head`` on cached features and saves the whole network.
+    * ``metadata``: arch, model_kwargs, class_names, mean, std, img_size, args, stored in every checkpoint.
+    * Mixed precision and channels-last on CUDA (``amp``, ``channels_last``); ``compile_model`` uses
+      ``torch.compile``. On CPU everything runs in float32.
+    """
+    device = get_device(device)
+    checkpoint_model = model if checkpoint_model is None else checkpoint_model
+    checkpoint_model.to(device)
+    model.to(device)
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    meta = _default_metadata(checkpoint_model, data_loaders)
+    meta.update(plain(dict(metadata or {})))
+    if not meta.get("img_size"):
+        meta["img_size"] = _infer_img_size(data_loaders)
+    if seed is None:
+        seed = int((meta.get("args") or {}).get("seed", 42) or 42)
+    files = run_files(save_path)
+    main = is_main_process()
+
+    history: list[dict] = []
+    start_epoch, best_valid_loss = 0, math.inf
+    if resume and files["last"].exists():
+        ckpt = load_checkpoint(files["last"])
+        if meta["class_names"] and list(ckpt["class_names"]) != list(meta["class_names"]):
+            raise CheckpointError(f"{files['last']}: trained on other classes than this data set; "
+                                  f"use another --out or drop --resume")
+        checkpoint_model.load_state_dict(ckpt["model"])
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if "rng" in ckpt:
+            _set_rng_state(ckpt["rng"])
+        start_epoch = int(ckpt["epoch"])
+        history = list(ckpt.get("history") or [])
+        best_valid_loss = float(ckpt.get("best_valid_loss", math.inf))
+        if main:
+            log.info("Resuming from %s after epoch %d of %d", files["last"], start_epoch, n_epochs)
+    elif resume and main:
+        log.info("No %s to resume from: starting afresh", files["last"])
+
+    scaler = None
+    if amp and _amp_dtype(device) == torch.float16:
+        scaler = torch.amp.GradScaler("cuda")
+    forward_model = torch.compile(model) if compile_model else model
+    per_batch = steps_per_batch(scheduler)
+    live = LivePlot() if interactive_tracking and main and in_notebook() else None
+    loaders = [data_loaders["train"], data_loaders["valid"]]
+
+    epochs = _progress(range(start_epoch + 1, n_epochs + 1), "Epochs", leave=True, total=n_epochs - start_epoch)
+    for epoch in epochs:
+        started = time.perf_counter()
+        _seed_epoch(seed, epoch, loaders)
+        lr = _current_lr(optimizer)
+        train = train_one_epoch(data_loaders["train"], forward_model, optimizer, loss,
+                                scheduler=scheduler if per_batch else None, amp=amp, channels_last=channels_last,
+                                scaler=scaler, desc=f"Epoch {epoch} train")
+        valid = evaluate(data_loaders["valid"], forward_model, loss, topk=5, amp=amp, channels_last=channels_last,
+                         desc=f"Epoch {epoch} valid")
+        if scheduler is not None and not per_batch:
+            scheduler.step(valid["loss"]) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) \
+                else scheduler.step()
+        improved = valid["loss"] < best_valid_loss
+        best_valid_loss = min(best_valid_loss, valid["loss"])
+        history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["accuracy"],
+                        "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
+                        "valid_top5": valid["topk_accuracy"], "lr": lr,
+                        "seconds": round(time.perf_counter() - started, 3), "best": improved})
+        if not main:
+            continue
+        state = {"format": CHECKPOINT_FORMAT, **meta, "model": checkpoint_model.state_dict(), "epoch": epoch,
+                 "history": history, "best_valid_loss": best_valid_loss}
+        # best first: a kill between the two writes leaves last one epoch behind, and resume redoes that epoch.
+        if improved:
+            atomic_torch_save(state, files["best"])
+        atomic_torch_save({**state, "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                           "rng": _rng_state()}, files["last"])
+        write_history(history, files)
+        row = history[-1]
+        epochs.set_postfix(train_loss=f"{row['train_loss']:.3f}", valid_loss=f"{row['valid_loss']:.3f}",
+                           valid_acc=f"{row['valid_acc']:.1%}")
+        tqdm.write(f"Epoch {epoch}/{n_epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.1%} | "
+                   f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.1%} | lr {lr:.2e} | "
+                   f"{row['seconds']:.1f}s" + ("  (best, saved)" if improved else ""))
+        if live is not None:
+            live.update(history)
+    if main and history:
+        plot_history(history, files["plot"])
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        plt.close("all") if not in_notebook() else None
+    return history
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+# The recipe per architecture when an argument is not given: for "scratch" the one that gave the best measured
+# result (README.md, benchmarks/bench_scratch.py); "course" is the course's typical recipe (the baseline);
+# every other arch is a transfer-learning backbone.
+ARCH_DEFAULTS = {
+    "scratch": {"lr": 2e-3, "img_size": 160, "optimizer": "adamw", "weight_decay": 0.05, "scheduler": "onecycle",
+                "label_smoothing": 0.1, "dropout": 0.5, "augment": "standard", "batch_size": 16},
+    "course": {"lr": 1e-3, "img_size": 224, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
+               "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
+    "transfer": {"lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine",
+                 "label_smoothing": 0.1, "dropout": None, "augment": "standard", "batch_size": 32},
+}
+RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_only", "compile", "command"}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--arch", default="scratch",
+      help="'scratch' (MyModel), 'course' (the course's baseline CNN) or a torchvision backbone for transfer "
+           "learning (e.g. resnet18, efficientnet_b0)")
+    a("--data-dir", default=None, help="data folder or zip (default: $LANDMARK_DATA, else data/landmark_images)")
+    a("--out", default=None, help="output folder for best.pt, last.pt, history (default: checkpoints/ARCH)")
+    a("--epochs", type=int, default=30)
+    a("--batch-size", type=int, default=None)
+    a("--lr", type=float, default=None, help="peak learning rate")
+    a("--optimizer", default=None, choices=["sgd", "adam", "adamw", "SGD", "Adam", "AdamW"])
+    a("--momentum", type=float, default=0.9, help="SGD momentum")
+    a("--weight-decay", type=float, default=None)
+    a("--label-smoothing", type=float, default=None)
+    a("--scheduler", default=None, choices=["none", "cosine", "onecycle", "plateau"])
+    a("--warmup-epochs", type=float, default=1.0, help="linear warmup of the cosine schedule")
+    a("--dropout", type=float, default=None)
+    a("--widths", default=None, help="scratch model: channels of the four stages, e.g. 32,64,128,256")
+    a("--depths", default=None, help="scratch model: residual blocks per stage, e.g. 1,1,2,1")
+    a("--img-size", type=int, default=None, help="input size in pixels (scratch default 128, others 224)")
+    a("--augment", default=None, choices=["standard", "strong", "course"])
+    a("--valid-size", type=float, default=0.2)
+    a("--workers", type=int, default=-1, help="data loader processes (-1: one per CPU core)")
+    a("--cache-images", action=argparse.BooleanOptionalAction, default=True,
+      help="decode every photo once and keep it in memory (resized)")
+    a("--seed", type=int, default=42)
+    a("--limit", type=int, default=-1, help="at most this many photos per split (quick runs)")
+    a("--device", default=None, help="cpu, cuda, mps (default: best available; $LANDMARK_DEVICE)")
+    a("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
+    a("--compile", action="store_true", help="torch.compile the model")
+    a("--resume", action="store_true", help="continue from OUT/last.pt with that run's arguments")
+    a("--test-only", action="store_true", help="only evaluate OUT/best.pt on the test set")
+    a("--topk", type=int, default=5)
+    # transfer learning
+    a("--unfreeze", type=int, default=0, help="transfer: number of backbone stages to fine-tune (0: head only)")
+    a("--weights", default="DEFAULT", help="transfer: torchvision weights name for the backbone")
+    a("--feature-cache", action=argparse.BooleanOptionalAction, default=True,
+      help="transfer with a frozen backbone: compute backbone features once and train the head on them")
+    a("--n-views", type=int, default=None,
+      help="transfer feature cache: views per training photo, the plain one included (default: src.transfer's)")
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill arguments left at None with the recipe of ``args.arch`` (see ``ARCH_DEFAULTS``)."""
+    defaults = ARCH_DEFAULTS.get(args.arch, ARCH_DEFAULTS["transfer"])
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.optimizer = args.optimizer.lower()
+    if args.out is None:
+        args.out = str(CHECKPOINTS_DIR / args.arch)
+    return args
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    if args.arch == "scratch":
+        kwargs: dict[str, Any] = {"dropout": args.dropout}
+        if args.widths:
+            kwargs["widths"] = [int(x) for x in str(args.widths).split(",")]
+        if args.depths:
+            kwargs["depths"] = [int(x) for x in str(args.depths).split(",")]
+        return kwargs
+    if args.arch == "course":
+        return {"dropout": args.dropout, "img_size": args.img_size}
+    kwargs = {"unfreeze": args.unfreeze, "weights": args.weights}
+    if args.dropout is not None:
+        kwargs["dropout"] = args.dropout
+    return kwargs
+
+
+def _apply_saved_args(args: argparse.Namespace, last: Path) -> argparse.Namespace:
+    saved = load_checkpoint(last).get("args") or {}
+    for key, value in saved.items():
+        if key not in RUN_SPECIFIC_ARGS:
+            setattr(args, key, value)
+    return args
+
+
+def run_training(args: argparse.Namespace) -> dict:
+    """Train (or with ``test_only`` just test) as ``args`` say; returns the test metrics and run facts."""
+    args = resolve_defaults(args)
+    out = Path(args.out)
+    files = run_files(out / "best.pt")
+    if args.resume and files["last"].exists():
+        args = _apply_saved_args(args, files["last"])
+        if is_main_process():
+            print(f"Resuming {files['last']} with its saved arguments")
+    seed_everything(args.seed)
+    device = get_device(args.device)
+
+    from .data import compute_mean_and_std, get_data_loaders, load_landmark_data  # noqa: PLC0415
+
+    data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=args.seed)
+    model_kwargs = _model_kwargs(args)
+    model = create_model(args.arch, len(data.class_names), **model_kwargs)
+    if getattr(model, "mean", None) is not None and getattr(model, "std", None) is not None:
+        mean, std = [float(x) for x in model.mean], [float(x) for x in model.std]  # the backbone's own
+    else:
+        mean, std = compute_mean_and_std(data.root, samples=data.train + data.valid)
+    saved_kwargs = dict(model_kwargs)
+    if args.arch not in SCRATCH_ARCHS:
+        saved_kwargs["weights"] = None  # a rebuild takes the weights from the checkpoint, never downloads
+    train_module = model
+    if args.arch not in SCRATCH_ARCHS and args.feature_cache and args.unfreeze == 0:
+        from .transfer import get_feature_loaders  # noqa: PLC0415
+
+        args.mean, args.std = mean, std
+        loaders = get_feature_loaders(model, data, args)
+        train_module = model.head
+    else:
+        loaders = get_data_loaders(batch_size=args.batch_size, valid_size=args.valid_size, num_workers=args.workers,
+                                   limit=args.limit, img_size=args.img_size, mean=mean, std=std, seed=args.seed,
+                                   augment=args.augment, cache_images=args.cache_images, data=data)
+    metadata = {"arch": args.arch, "model_kwargs": saved_kwargs, "class_names": list(data.class_names),
+                "mean": mean, "std": std, "img_size": args.img_size,
+                "args": {k: v for k, v in plain(vars(args)).items() if k not in ("mean", "std")}}
+    loss = get_loss(args.label_smoothing)
+
+    started = time.perf_counter()
+    history: list[dict] = []
+    if not args.test_only:
+        optimizer = get_optimizer(train_module, args.optimizer, learning_rate=args.lr, momentum=args.momentum,
+                                  weight_decay=args.weight_decay)
+        scheduler = get_scheduler(args.scheduler, optimizer, args.epochs, len(loaders["train"]),
+                                  warmup_epochs=args.warmup_epochs)
+        history = optimize(loaders, train_module, optimizer, loss, args.epochs, files["best"],
+                           scheduler=scheduler, resume=args.resume, metadata=metadata, checkpoint_model=model,
+                           device=device, amp=args.amp, compile_model=args.compile, seed=args.seed)
+    train_seconds = time.perf_counter() - started
+
+    best = load_checkpoint(files["best"])
+    if list(best["class_names"]) != list(data.class_names):
+        raise CheckpointError(f"{files['best']}: trained on other classes than {data.root}")
+    model.load_state_dict(best["model"])
+    model.to(device)
+    test = one_epoch_test(loaders["test"], train_module, loss, topk=args.topk, verbose=False)
+    result = {"arch": args.arch, "img_size": args.img_size, "epochs": args.epochs, "best_epoch": int(best["epoch"]),
+              "test_loss": test["loss"], "test_acc": test["accuracy"], f"test_top{args.topk}": test["topk_accuracy"],
+              "n_test": test["count"], "train_seconds": round(train_seconds, 1), "device": str(device)}
+    if is_main_process():
+        atomic_write_json(out / "test_metrics.json", plain(result))
+        print(f"Test accuracy: {test['accuracy']:.1%} (top-{args.topk} {test['topk_accuracy']:.1%}, "
+              f"loss {test['loss']:.4f}) on {test['count']} test photos; best epoch {best['epoch']}; "
+              f"checkpoints in {out}")
+    return result
+
+
+def train_main(args: argparse.Namespace) -> int:
+    run_training(args)
+    return 0
+
+
+if __name__ == "__main__":  # python -m src.train ... (same as python -m src train ...)
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _parser = argparse.ArgumentParser(prog="python -m src.train")
+    add_train_arguments(_parser)
+    sys.exit(train_main(_parser.parse_args()))

