@@ -46,8 +46,18 @@ def main(argv: list[str] | None = None) -> int:
 
             if os.environ.get("LANDMARK_DEBUG"):
                 raise
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line_error(exc)}", file=sys.stderr)
             return 1
+
+
+def one_line_error(exc: BaseException, limit: int = 500) -> str:
+    """What a user sees of an exception: one line, at most ``limit`` characters (the head of a long message)."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror and type(exc).__str__ is OSError.__str__:
+        text = f"{exc.filename}: {exc.strerror}"  # not "[Errno 13] Permission denied: '/x/y'"
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .helpers import PROJECT_ROOT, atomic_write_json
-from .images import ImageLoadError, is_candidate_image, open_image
+from .helpers import PROJECT_ROOT, OutputError, atomic_write_json
+from .images import ImageLoadError, is_candidate_image, limit_aspect_ratio, open_image
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,10 @@ class _BrokenTransfer(Exception):
     """The connection dropped mid-download; what arrived is kept in the ``.part`` file for a resume."""
 
 
+class _WriteFailed(Exception):
+    """Writing the download failed (a full disk): not retried, unlike a dropped connection."""
+
+
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     """``"bytes 100-199/1000"`` -> ``(100, 1000)``; unknown parts are ``None``."""
     if not value or not value.startswith("bytes "):
@@ -146,8 +150,16 @@ def _download_once(url: str, part: Path, timeout: float, chunk_size: int, desc: 
                     chunk = response.read(chunk_size)
                     if not chunk:
                         break
-                    fh.write(chunk)
+                    try:
+                        fh.write(chunk)
+                    except OSError as exc:  # our disk, not the network: retrying cannot help
+                        raise _WriteFailed(exc) from None
                     bar.update(len(chunk))
+        except _WriteFailed as failed:
+            exc = failed.args[0]
+            kept = part.stat().st_size if part.exists() else 0
+            raise OutputError(exc.errno, f"{exc.strerror or exc} ({kept} bytes kept; free some space and run again "
+                                         f"to resume)", str(part)) from None
         except (http.client.HTTPException, OSError) as exc:  # IncompleteRead, reset, timeout
             raise _BrokenTransfer(f"broke off after {part.stat().st_size} bytes ({type(exc).__name__})") from None
     got = part.stat().st_size
@@ -213,7 +225,10 @@ def extract_zip(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     path, dest = Path(path), Path(dest)
     verify_zip(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
+    except OSError as exc:
+        raise OutputError(exc.errno, exc.strerror or str(exc), str(dest)) from None
     try:
         tmp_resolved = tmp.resolve()
         with zipfile.ZipFile(path) as zf:
@@ -229,6 +244,9 @@ def extract_zip(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
         if dest.exists():
             shutil.rmtree(dest)
         root.replace(dest)
+    except OSError as exc:  # a full disk or a read-only folder: an OSError, so the good zip is kept for a rerun
+        raise OutputError(exc.errno, f"{exc.strerror or exc} (extracting {path.name}; nothing was left "
+                                     f"half-extracted, free some space and run again)", str(dest)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -419,8 +437,11 @@ def check_images(samples: Sequence[tuple[Path, int]], cache_file: Path | None = 
             cache = {}
     keys, todo = [], []
     for path, _ in samples:
-        st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        try:
+            st = path.stat()
+            key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        except OSError:  # a broken symlink, say: open_image reports it like any other unreadable file
+            key = f"{path.absolute()}|unreadable"
         keys.append(key)
         if key not in cache:
             todo.append((key, path))
@@ -627,6 +648,18 @@ def resize_size_for(img_size: int) -> int:
     return int(math.floor(img_size * 256 / 224))
 
 
+class LimitAspectRatio:
+    """Transform: an extreme strip (a 4000x3 panorama slice, a 50000x1 line) becomes its central part of at most
+    :data:`src.images.MAX_ASPECT_RATIO` to 1, all a center crop can see; otherwise ``Resize(max_size=...)`` would
+    shrink its shorter side to zero pixels (an error), and without ``max_size`` it would need gigabytes."""
+
+    def __call__(self, img):
+        return limit_aspect_ratio(img) if isinstance(img, Image.Image) else img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
 def get_transforms(split: str, img_size: int = DEFAULT_IMG_SIZE, mean: Sequence[float] = (0.5, 0.5, 0.5),
                    std: Sequence[float] = (0.5, 0.5, 0.5), augment: str = "standard") -> transforms.Compose:
     """Training: random resized crop, flip and mild colour changes; valid/test: resize + center crop.
@@ -638,12 +671,13 @@ def get_transforms(split: str, img_size: int = DEFAULT_IMG_SIZE, mean: Sequence[
     # max_size: a 4000x2 panorama strip would otherwise become 512000x256 pixels before the crop.
     resize_op = transforms.Resize(resize, max_size=MAX_ASPECT * resize, antialias=True)
     normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    strip = LimitAspectRatio()
     if split != "train":
-        return transforms.Compose([resize_op, transforms.CenterCrop(img_size), *normalize])
+        return transforms.Compose([strip, resize_op, transforms.CenterCrop(img_size), *normalize])
     if augment == "course":
-        return transforms.Compose([resize_op, transforms.RandomCrop(img_size, pad_if_needed=True),
+        return transforms.Compose([strip, resize_op, transforms.RandomCrop(img_size, pad_if_needed=True),
                                    transforms.RandomHorizontalFlip(), *normalize])
-    ops = [transforms.RandomResizedCrop(img_size, scale=(0.25, 1.0), antialias=True),
+    ops = [strip, transforms.RandomResizedCrop(img_size, scale=(0.25, 1.0), antialias=True),
            transforms.RandomHorizontalFlip()]
     if augment == "strong":
         ops.append(transforms.TrivialAugmentWide())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -46,22 +47,86 @@ def seed_everything(seed: int = 42) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it; done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+class OutputError(OSError):
+    """An output file could not be written (read-only folder, disk full, ...): one line naming the file.
+
+    Subclasses ``OSError`` and keeps its ``errno``; ``filename`` is the file the user asked for, not the
+    temporary file the failure happened on.
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def _make_dir(folder: Path, target: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``; failures become :class:`OutputError` naming ``target``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be: say so, not "File exists"
+        raise OutputError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(target)) from None
+    except OSError as exc:
+        raise OutputError(exc.errno, exc.strerror or str(exc), str(target)) from None
+
+
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it (a probe, removed at once).
+
+    Commands call it before their work, so a read-only, full or mistyped output folder fails at once with one
+    line (:class:`OutputError`), not after an hour of training.
+    """
+    folder = Path(folder)
+    _make_dir(folder, folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+    except OSError as exc:
+        raise OutputError(exc.errno, exc.strerror or str(exc), str(folder)) from None
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    A crash at any instant leaves either the old file or the new one, never half a file.
+    A crash at any instant leaves either the old file or the new one, never half a file. The new file gets the
+    old one's permissions, or the usual ones for a new file (``0o666`` less the umask), not ``mkstemp``'s private
+    ``0o600``. A file system error (read-only folder, disk full) raises :class:`OutputError` naming ``path``;
+    the old file is then left exactly as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _make_dir(path.parent, path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(exc.errno, exc.strerror or str(exc), str(path)) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        try:
+            mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK
+            os.chmod(tmp_path, mode)
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+    except OutputError:
+        raise
+    except OSError as exc:  # writing the temporary file failed (disk full, file size limit, ...)
+        if exc.filename is not None and str(exc.filename) != str(tmp_path):
+            raise  # not the output's own failure (a file read while writing, say): leave it as it is
+        raise OutputError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -20,8 +21,15 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 # Files that are never photos; everything else is tried and reported when it cannot be decoded.
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "._.ds_store"}
-NON_IMAGE_SUFFIXES = {".txt", ".md", ".json", ".csv", ".xmp", ".ini", ".db", ".py", ".zip", ".pt", ".npz"}
+NON_IMAGE_SUFFIXES = {".txt", ".md", ".json", ".csv", ".xmp", ".ini", ".db", ".py", ".zip", ".pt", ".npz",
+                      # phone and camera folders hold videos beside the photos: never photos, often gigabytes
+                      ".mp4", ".mov", ".m4v", ".avi", ".mkv", ".mts", ".m2ts", ".3gp", ".wmv", ".webm"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
+
+# The model only ever sees the central square of a photo (resize the shorter side, then center-crop), so nothing
+# beyond this aspect ratio can matter, while a 50000x1 "photo" resized to 256 px on its shorter side would need
+# tens of gigabytes. Real panoramas stay well below it.
+MAX_ASPECT_RATIO = 8
 
 
 class ImageLoadError(ValueError):
@@ -86,12 +94,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 _OPEN_LOCK = threading.Lock()
 
 
-def _open_header(data: bytes, label) -> Image.Image:
-    """``Image.open`` plus our own size guard, without touching Pillow's process-wide ``MAX_IMAGE_PIXELS``."""
+def _open_header(fp, label) -> Image.Image:
+    """``Image.open`` on a binary file object (only the header is read) plus our own size guard, without touching
+    Pillow's process-wide ``MAX_IMAGE_PIXELS``."""
     with _OPEN_LOCK, warnings.catch_warnings():
         # Pillow only warns between 1x and 2x its limit; we refuse instead (checked just below).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(fp)
     width, height = img.size
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageLoadError(label, f"image too large to decode safely ({width}x{height} pixels declared, limit "
@@ -117,18 +126,29 @@ def open_image(source, name: str | None = None, draft_size: int | None = None) -
     """
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     label = name if name is not None else ("<bytes>" if is_bytes else source)
+    if is_bytes:
+        if len(source) == 0:
+            raise ImageLoadError(label, "empty file (0 bytes)")
+        return _decode(io.BytesIO(bytes(source)), label, draft_size)
     try:
-        if is_bytes:
-            data = bytes(source)
-        else:
-            with open(source, "rb") as fh:
-                data = fh.read()
+        # stat first: opening a named pipe would block forever, and reading /dev/zero would never end
+        info = os.stat(source)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
+            raise ImageLoadError(label, f"not a regular file ({kind})")
+        if info.st_size == 0:
+            raise ImageLoadError(label, "empty file (0 bytes)")
+        fh = open(source, "rb")
     except OSError as exc:
         raise ImageLoadError(label, f"cannot read file ({exc.strerror or exc})") from None
-    if len(data) == 0:
-        raise ImageLoadError(label, "empty file (0 bytes)")
+    # Pillow reads only what it needs: the header of a file that is no image (a video, say), not its gigabytes.
+    with fh:
+        return _decode(fh, label, draft_size)
+
+
+def _decode(fp, label, draft_size: int | None) -> Image.Image:
     try:
-        img = _open_header(data, label)
+        img = _open_header(fp, label)
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         if getattr(img, "n_frames", 1) > 1:
@@ -145,6 +165,21 @@ def open_image(source, name: str | None = None, draft_size: int | None = None) -
     if rgb.width < 1 or rgb.height < 1:
         raise ImageLoadError(label, f"image has no pixels ({rgb.width}x{rgb.height})")
     return rgb
+
+
+def limit_aspect_ratio(img: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """``img`` itself, or for an extreme strip (longer side more than ``max_ratio`` times the shorter) its central
+    part of that ratio: all a resize-then-center-crop can see of it, at a bounded cost."""
+    width, height = img.size
+    if width > max_ratio * height:
+        keep = max(1, int(max_ratio * height))
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    if height > max_ratio * width:
+        keep = max(1, int(max_ratio * width))
+        top = (height - keep) // 2
+        return img.crop((0, top, width, top + keep))
+    return img
 
 
 # Pillow refuses truncated files by default; keep it so (a truncated photo is reported, not half-used).

@@ -3,7 +3,6 @@ exported files, the test-set evaluation and the app's functions."""
 from __future__ import annotations
 
 import json
-import zipfile
 
 import numpy as np
 import pytest

@@ -230,13 +230,16 @@ def test_tag_and_predict_agree_on_every_photo(tmp_path, models):
     zoo = make_zoo(tmp_path / "zoo")
     for i, size in enumerate([(300, 200), (200, 300), (31, 90), (500, 181)]):
         photo(size, seed=10 + i).save(zoo / f"size_{i}.png")
-    model = load_exported(models["varied"])
+    plain = load_exported(models["varied"])
+    optimized = load_exported(models["varied"], optimize=True)  # what the predict and tag commands use
+    assert optimized is not plain and list(optimized.class_names) == CLASSES
     paths = [zoo / n for n in GOOD] + sorted(zoo.glob("size_*.png"))
-    batched = list(iter_predictions(model, paths, batch_size=5, workers=3, progress=False))
-    with torch.no_grad():
-        for result in batched:
-            alone = model(load_image_tensor(result.path, model.resize_size)[None])[0]
-            assert (result.probs - alone).abs().max() <= 1e-5, result.path.name
+    for model in (plain, optimized):
+        batched = list(iter_predictions(model, paths, batch_size=5, workers=3, progress=False))
+        with torch.no_grad():
+            for result in batched:
+                alone = plain(load_image_tensor(result.path, plain.resize_size)[None])[0]
+                assert (result.probs - alone).abs().max() <= 1e-5, result.path.name
 
 
 def test_tag_folder_with_broken_files_tags_the_good_ones(tmp_path, models, capsys):
@@ -391,9 +394,18 @@ def test_tag_refuses_to_overwrite_a_foreign_csv(tmp_path, models):
     make_zoo(tmp_path / "zoo")
     out = tmp_path / "accounts.csv"
     out.write_text("name,amount\nrent,1200\n")
-    with pytest.raises(TagFileError, match="not a tag CSV"):
-        tag_folder(tmp_path / "zoo", models["golden_gate"], out, progress=False)
+    for redo in (False, True):
+        with pytest.raises(TagFileError, match="not a tag CSV"):
+            tag_folder(tmp_path / "zoo", models["golden_gate"], out, redo=redo, progress=False)
     assert out.read_text() == "name,amount\nrent,1200\n"
+
+
+def test_tag_missing_folder_is_one_line(tmp_path, models, capsys):
+    assert cli(["tag", str(tmp_path / "nowhere"), "--model", str(models["golden_gate"]), "--out",
+                str(tmp_path / "t.csv")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nowhere" in err and "\n" not in err
+    assert not (tmp_path / "t.csv").exists()
 
 
 def test_tag_on_the_shared_photos(tmp_path, models, shared_data):

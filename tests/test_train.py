@@ -178,11 +178,11 @@ def test_run_training_trains_tests_and_test_only_reevaluates(tiny_dataset, tmp_p
 @pytest.mark.slow
 def test_sigkill_during_training_leaves_loadable_checkpoints_and_resume_finishes(tiny_dataset, tmp_path):
     out = tmp_path / "out"
-    epochs = 40
+    epochs = 30
     cmd = [sys.executable, "-m", "src", "train", "--arch", "scratch", "--data-dir", str(tiny_dataset),
            "--epochs", str(epochs), "--img-size", "32", "--batch-size", "4", "--workers", "0",
            "--widths", "8,16,16,16", "--depths", "1,1,1,1", "--out", str(out)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
