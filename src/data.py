@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from .distributed import cpu_share, distributed_sampler, is_distributed
 from .helpers import PROJECT_ROOT, OutputError, atomic_write_json
 from .images import ImageLoadError, is_candidate_image, limit_aspect_ratio, open_image
 
@@ -744,18 +745,26 @@ class LandmarkDataset(Dataset):
 
 
 def _resolve_workers(num_workers: int | None) -> int:
-    """``-1``/``None``: one worker per CPU this process may use (a container's limit, not the host's count)."""
+    """``-1``/``None``: one worker per CPU this process may use (a container's limit, not the host's count),
+    shared among the training processes of one machine in a torchrun job."""
     if num_workers is None or num_workers < 0:
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            return cpu_share(len(os.sched_getaffinity(0)))
         except AttributeError:  # macOS, Windows
-            return os.cpu_count() or 1
+            return cpu_share(os.cpu_count() or 1)
     return num_workers
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 42,
-                sampler=None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with pinned memory on CUDA, persistent workers, and a seeded shuffle."""
+                sampler=None, drop_last: bool = False, distributed: bool | None = None) -> DataLoader:
+    """A DataLoader with pinned memory on CUDA, persistent workers, and a seeded shuffle.
+
+    ``distributed`` (default: whether this is a torchrun job): each process gets its share of the data, through
+    :func:`src.distributed.distributed_sampler` (training: ``DistributedSampler``, call ``set_epoch`` every
+    epoch; evaluation: an exact, unpadded shard). ``batch_size`` is then per process.
+    """
+    if sampler is None and (is_distributed() if distributed is None else distributed):
+        sampler = distributed_sampler(dataset, shuffle=shuffle, seed=seed)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
@@ -769,13 +778,15 @@ def get_data_loaders(batch_size: int = 32, valid_size: float = 0.2, num_workers:
                      data_dir: str | os.PathLike | None = None, img_size: int = DEFAULT_IMG_SIZE,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int = 42,
                      augment: str = "standard", cache_images: bool = False,
-                     data: LandmarkData | None = None) -> dict[str, DataLoader]:
+                     data: LandmarkData | None = None, distributed: bool | None = None) -> dict[str, DataLoader]:
     """Data loaders ``{"train", "valid", "test"}`` over the landmark photos.
 
     Images come out as float tensors ``[B, 3, img_size, img_size]`` normalised with the data set's own mean/std
     (computed on the training split unless given). Each loader's ``.dataset`` carries ``class_names``, ``mean``
     and ``std``. ``limit`` > 0 keeps at most that many photos per split (all classes kept), for quick runs.
     The train/valid split is stratified per class and the same on every run and machine.
+    In a torchrun job (``distributed``, default: detected) each process loads its share and ``batch_size`` is per
+    process (see :func:`make_loader`).
     """
     if data is None:
         data = load_landmark_data(data_dir, valid_size=valid_size, seed=seed)
@@ -788,7 +799,7 @@ def get_data_loaders(batch_size: int = 32, valid_size: float = 0.2, num_workers:
                                   class_names=data.class_names, mean=mean, std=std, cache_images=cache_images,
                                   cache_size=resize_size_for(img_size))
         loaders[split] = make_loader(dataset, batch_size, shuffle=(split == "train"), num_workers=num_workers,
-                                     seed=seed)
+                                     seed=seed, distributed=distributed)
     return loaders
 
 

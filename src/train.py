@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -28,8 +27,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import ShardSampler, all_gather_object, all_reduce_sum, barrier, cleanup, explain_lost_peers, \
+    get_rank, init_distributed, is_distributed, local_device, local_main_process_first, on_main_process, \
+    sync_buffers, unshard, wrap_ddp
+from .distributed import is_main_process as _is_main_process
 from .helpers import CHECKPOINTS_DIR, atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, \
-    get_device, in_notebook, seed_everything
+    ensure_writable_dir, get_device, in_notebook, seed_everything
 from .model import SCRATCH_ARCHS, create_model
 from .optimization import get_loss, get_optimizer, get_scheduler, steps_per_batch
 
@@ -49,8 +52,7 @@ class CheckpointError(RuntimeError):
 
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a distributed run: only the main process writes files and prints."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return _is_main_process()
 
 
 class MetricTotals:
@@ -76,9 +78,7 @@ class MetricTotals:
 
     def result(self) -> dict[str, float]:
         totals = torch.tensor([self.loss_sum, self.correct, self.correct_topk, self.count], dtype=torch.float64)
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(totals)
+        totals = all_reduce_sum(totals)  # sums over the processes first: averages as of one process over all data
         loss_sum, correct, correct_topk, count = totals.tolist()
         count = max(count, 1.0)
         return {"loss": loss_sum / count, "accuracy": correct / count, "topk_accuracy": correct_topk / count,
@@ -179,6 +179,10 @@ def evaluate(dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, amp: 
     if return_predictions:
         out["predictions"] = torch.cat(preds).tolist() if preds else []
         out["labels"] = torch.cat(labels).tolist() if labels else []
+        if is_distributed() and isinstance(getattr(dataloader, "sampler", None), ShardSampler):
+            # each process saw its shard: every process gets them all, in the data set's order
+            out["predictions"] = unshard(all_gather_object(out["predictions"]))
+            out["labels"] = unshard(all_gather_object(out["labels"]))
     return out
 
 
@@ -297,21 +301,31 @@ def build_model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
         raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r} with "
-                              f"{len(ckpt['class_names'])} classes: {first[:200]}") from None
+                              f"{len(ckpt['class_names'])} classes: {_first_mismatch(exc)}") from None
     return model.to(device).eval()
+
+
+def _first_mismatch(exc: RuntimeError) -> str:
+    """The first problem ``load_state_dict`` lists (its message runs over many lines)."""
+    return next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))[:200]
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load weights from one of our checkpoints (or a bare ``state_dict`` file) into ``model``."""
     try:
         state = load_checkpoint(path)["model"]
-    except CheckpointError:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError as not_ours:
+        try:  # a bare state_dict file
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            state = None
         if not isinstance(state, dict):
-            raise
-    model.load_state_dict(state)
+            raise not_ours from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit this model: {_first_mismatch(exc)}") from None
     return model
 
 
@@ -341,11 +355,7 @@ def _infer_img_size(data_loaders: Mapping) -> int:
 
 def plot_history(history: list[dict], path: str | os.PathLike | None = None, fig=None):
     """Train/valid loss and accuracy per epoch; saved as PNG (atomically) when ``path`` is given."""
-    import matplotlib  # noqa: PLC0415 - plotting only when asked
-
-    if path is not None and not in_notebook():
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - plotting only when asked
 
     if fig is None:
         fig, _ = plt.subplots(1, 2, figsize=(11, 4))
@@ -379,13 +389,17 @@ class LivePlot:
 
         self.fig, _ = plt.subplots(1, 2, figsize=(11, 4))
         plt.close(self.fig)  # shown through display(), not by the inline backend at cell end
+        self.handle = None
 
     def update(self, history: list[dict]) -> None:
-        from IPython.display import clear_output, display  # noqa: PLC0415
+        from IPython.display import display  # noqa: PLC0415
 
         plot_history(history, fig=self.fig)
-        clear_output(wait=True)
-        display(self.fig)
+        # A display handle redraws this one output in place; clear_output would also wipe the progress bars.
+        if self.handle is None:
+            self.handle = display(self.fig, display_id=True)
+        else:
+            self.handle.update(self.fig)
 
 
 def write_history(history: list[dict], files: Mapping[str, Path]) -> None:
@@ -404,12 +418,14 @@ def write_history(history: list[dict], files: Mapping[str, Path]) -> None:
 
 def _seed_epoch(seed: int, epoch: int, loaders: Iterable) -> None:
     """Seed every random source from (seed, epoch): an epoch's shuffle, augmentation and dropout depend on its
-    number only, so a resumed run repeats exactly what the uninterrupted one would have done."""
-    seed_everything(seed * 1000 + epoch)
+    number only, so a resumed run repeats exactly what the uninterrupted one would have done. In a distributed
+    run each process adds its rank: its augmentations and dropout differ from the others'."""
+    epoch_seed = seed * 1000 + epoch + 1_000_003 * get_rank()
+    seed_everything(epoch_seed)
     for loader in loaders:
         generator = getattr(loader, "generator", None)
         if generator is not None:
-            generator.manual_seed(seed * 1000 + epoch)
+            generator.manual_seed(epoch_seed)
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler
             sampler.set_epoch(epoch)
@@ -456,12 +472,15 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
 
     history: list[dict] = []
     start_epoch, best_valid_loss = 0, math.inf
-    if resume and files["last"].exists():
-        ckpt = load_checkpoint(files["last"])
+    if resume and on_main_process(files["last"].exists):  # what rank 0 wrote, read by rank 0, sent to all
+        ckpt = on_main_process(load_checkpoint, files["last"])
         if meta["class_names"] and list(ckpt["class_names"]) != list(meta["class_names"]):
             raise CheckpointError(f"{files['last']}: trained on other classes than this data set; "
                                   f"use another --out or drop --resume")
-        checkpoint_model.load_state_dict(ckpt["model"])
+        try:
+            checkpoint_model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{files['last']}: weights do not fit this model: {_first_mismatch(exc)}") from None
         if "optimizer" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -480,18 +499,23 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
     if amp and _amp_dtype(device) == torch.float16:
         scaler = torch.amp.GradScaler("cuda")
     forward_model = torch.compile(model) if compile_model else model
+    train_model = forward_model
+    if is_distributed():  # DDP averages the gradients over the processes; evaluation runs on the model itself
+        train_model = wrap_ddp(model, device)
+        train_model = torch.compile(train_model) if compile_model else train_model
     per_batch = steps_per_batch(scheduler)
     live = LivePlot() if interactive_tracking and main and in_notebook() else None
     loaders = [data_loaders["train"], data_loaders["valid"]]
 
     epochs = _progress(range(start_epoch + 1, n_epochs + 1), "Epochs", leave=True, total=n_epochs - start_epoch)
     for epoch in epochs:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         _seed_epoch(seed, epoch, loaders)
         lr = _current_lr(optimizer)
-        train = train_one_epoch(data_loaders["train"], forward_model, optimizer, loss,
+        train = train_one_epoch(data_loaders["train"], train_model, optimizer, loss,
                                 scheduler=scheduler if per_batch else None, amp=amp, channels_last=channels_last,
                                 scaler=scaler, desc=f"Epoch {epoch} train")
+        sync_buffers(model)  # distributed: every process validates with rank 0's batch-norm statistics (saved)
         valid = evaluate(data_loaders["valid"], forward_model, loss, topk=5, amp=amp, channels_last=channels_last,
                          desc=f"Epoch {epoch} valid")
         if scheduler is not None and not per_batch:
@@ -502,7 +526,10 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["accuracy"],
                         "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
                         "valid_top5": valid["topk_accuracy"], "lr": lr,
-                        "seconds": round(time.perf_counter() - started, 3), "best": improved})
+                        "seconds": round(time.perf_counter() - started, 3),
+                        # CPU time of this process (not the loader workers): a cost measure that other work on
+                        # a shared machine does not inflate the way it inflates wall time
+                        "cpu_seconds": round(time.process_time() - cpu_started, 3), "best": improved})
         if not main:
             continue
         state = {"format": CHECKPOINT_FORMAT, **meta, "model": checkpoint_model.state_dict(), "epoch": epoch,
@@ -523,10 +550,9 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
         if live is not None:
             live.update(history)
     if main and history:
-        plot_history(history, files["plot"])
         import matplotlib.pyplot as plt  # noqa: PLC0415
 
-        plt.close("all") if not in_notebook() else None
+        plt.close(plot_history(history, files["plot"]))
     return history
 
 
@@ -538,8 +564,8 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
 # result (README.md, benchmarks/bench_scratch.py); "course" is the course's typical recipe (the baseline);
 # every other arch is a transfer-learning backbone.
 ARCH_DEFAULTS = {
-    "scratch": {"lr": 2e-3, "img_size": 160, "optimizer": "adamw", "weight_decay": 0.05, "scheduler": "onecycle",
-                "label_smoothing": 0.1, "dropout": 0.5, "augment": "standard", "batch_size": 16},
+    "scratch": {"lr": 4e-3, "img_size": 160, "optimizer": "adamw", "weight_decay": 0.01, "scheduler": "onecycle",
+                "label_smoothing": 0.1, "dropout": 0.2, "augment": "standard", "batch_size": 16},
     "course": {"lr": 1e-3, "img_size": 224, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
                "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
     "transfer": {"lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine",
@@ -619,9 +645,9 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _apply_saved_args(args: argparse.Namespace, last: Path) -> argparse.Namespace:
-    saved = load_checkpoint(last).get("args") or {}
+    saved = on_main_process(lambda: load_checkpoint(last).get("args") or {})
     for key, value in saved.items():
-        if key not in RUN_SPECIFIC_ARGS:
+        if key not in RUN_SPECIFIC_ARGS or (key == "data_dir" and args.data_dir is None):
             setattr(args, key, value)
     return args
 
@@ -629,24 +655,28 @@ def _apply_saved_args(args: argparse.Namespace, last: Path) -> argparse.Namespac
 def run_training(args: argparse.Namespace) -> dict:
     """Train (or with ``test_only`` just test) as ``args`` say; returns the test metrics and run facts."""
     args = resolve_defaults(args)
-    out = Path(args.out)
+    # a read-only or mistyped --out fails now, not after the first epoch; only rank 0 writes there
+    out = ensure_writable_dir(args.out) if is_main_process() else Path(args.out)
     files = run_files(out / "best.pt")
-    if args.resume and files["last"].exists():
+    if args.resume and on_main_process(files["last"].exists):
         args = _apply_saved_args(args, files["last"])
         if is_main_process():
             print(f"Resuming {files['last']} with its saved arguments")
     seed_everything(args.seed)
-    device = get_device(args.device)
+    device = local_device(get_device(args.device))  # cuda -> this process's own GPU under torchrun
 
     from .data import compute_mean_and_std, get_data_loaders, load_landmark_data  # noqa: PLC0415
 
-    data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=args.seed)
+    with local_main_process_first():  # under torchrun one process per machine checks photos, fills caches
+        data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=args.seed)
     model_kwargs = _model_kwargs(args)
-    model = create_model(args.arch, len(data.class_names), **model_kwargs)
+    with local_main_process_first():  # ... and downloads pretrained weights
+        model = create_model(args.arch, len(data.class_names), **model_kwargs)
     if getattr(model, "mean", None) is not None and getattr(model, "std", None) is not None:
         mean, std = [float(x) for x in model.mean], [float(x) for x in model.std]  # the backbone's own
     else:
-        mean, std = compute_mean_and_std(data.root, samples=data.train + data.valid)
+        with local_main_process_first():
+            mean, std = compute_mean_and_std(data.root, samples=data.train + data.valid)
     saved_kwargs = dict(model_kwargs)
     if args.arch not in SCRATCH_ARCHS:
         saved_kwargs["weights"] = None  # a rebuild takes the weights from the checkpoint, never downloads
@@ -678,7 +708,7 @@ def run_training(args: argparse.Namespace) -> dict:
                            device=device, amp=args.amp, compile_model=args.compile, seed=args.seed)
     train_seconds = time.perf_counter() - started
 
-    best = load_checkpoint(files["best"])
+    best = on_main_process(load_checkpoint, files["best"])
     if list(best["class_names"]) != list(data.class_names):
         raise CheckpointError(f"{files['best']}: trained on other classes than {data.root}")
     model.load_state_dict(best["model"])
@@ -696,7 +726,12 @@ def run_training(args: argparse.Namespace) -> dict:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    run_training(args)
+    # Under torchrun: join the job (NCCL on CUDA, gloo on CPU); a plain run stays a single process.
+    init_distributed(args.device)
+    with explain_lost_peers():
+        run_training(args)
+        barrier()  # every process done before any leaves the group
+    cleanup()
     return 0
 
 

@@ -29,6 +29,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .distributed import all_gather_object, all_true, barrier, block_range, cpu_share, distributed_sampler, \
+    is_distributed, is_local_main_process, is_main_process
 from .helpers import atomic_torch_save, get_device, quiet_torchscript
 
 log = logging.getLogger(__name__)
@@ -507,6 +509,26 @@ def get_model_transfer_learning(model_name: str = "resnet18", n_classes: int = 5
     return TransferModel(backbone, num_features, n_classes, mean, std, model_name, dropout=dropout, unfreeze=unfreeze)
 
 
+class CourseTransferModel(nn.Module):
+    """The course's transfer model, kept as the baseline ``benchmarks/bench_transfer.py`` measures against.
+
+    The pretrained network with ``requires_grad=False`` on every parameter and a new linear layer, trained with
+    ``model.train()``: unlike :class:`TransferModel`, the frozen backbone's batch norms then normalise with each
+    batch's statistics and update their running averages, and every epoch runs the backbone on every photo.
+    """
+
+    def __init__(self, model_name: str = "resnet18", n_classes: int = 50, weights: str | None = "DEFAULT"):
+        super().__init__()
+        base = get_model_transfer_learning(model_name, n_classes, weights=weights)
+        self.backbone, self.head = base.backbone, base.head
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.model_name = model_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Feature cache: the frozen backbone runs once per image (and per augmented view), not once per epoch
 # --------------------------------------------------------------------------------------------------------------
@@ -587,16 +609,23 @@ def inference_backbone(backbone: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def extract_features(backbone: nn.Module, samples, plain, augment, n_views: int = 1, batch_size: int = 64,
                      workers: int = 0, seed: int = 42, draft_size: int = 256, device=None,
-                     desc: str = "Extracting features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features of every photo: ``([N, n_views, F] float32, [N] labels)``; unreadable photos left out."""
+                     desc: str = "Extracting features", indices: Sequence[int] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone features of every photo: ``([N, n_views, F] float32, [N] labels)``; unreadable photos left out.
+
+    ``indices``: only these photos (positions in ``samples``, in this order), e.g. one process's share; each
+    photo's augmented views are the same as in a run over all of them.
+    """
     device = get_device(device)
     backbone = inference_backbone(backbone).to(device)
     dataset = _ViewsDataset(samples, plain, augment, n_views, seed, draft_size)
     per_batch = max(1, batch_size // n_views)
     loader = DataLoader(dataset, batch_size=per_batch, shuffle=False, num_workers=workers,
-                        collate_fn=_collate_views, persistent_workers=False)
+                        collate_fn=_collate_views, persistent_workers=False, sampler=indices)
     feats, labels = [], []
-    with tqdm(total=len(dataset) * n_views, desc=desc, unit="img", leave=False) as bar:
+    n_photos = len(dataset) if indices is None else len(indices)
+    bars = {} if is_main_process() else {"disable": True}  # one progress bar in a torchrun job
+    with tqdm(total=n_photos * n_views, desc=desc, unit="img", leave=False, **bars) as bar:
         for views, y, n_bad in loader:
             if views is not None:
                 b, v = views.shape[:2]
@@ -663,6 +692,10 @@ def compute_feature_cache(model: TransferModel, data, img_size: int = 224, n_vie
 
     Returns ``{"train": (feats [N, n_views, F], labels), "valid": (feats [N, 1, F], labels), "test": ...,
     "path": cache file, "from_cache": bool}``. The cache lives in ``data.cache_dir / "features"``.
+
+    In a torchrun job every process extracts its contiguous block of each split, the blocks are gathered in
+    order (every process then holds all features, exactly as a single process computes them), and one process
+    per machine writes the cache file. The cache is used only when every process finds it.
     """
     from .data import resize_size_for  # noqa: PLC0415
 
@@ -670,26 +703,43 @@ def compute_feature_cache(model: TransferModel, data, img_size: int = 224, n_vie
     key, parts = feature_cache_key(model, data, img_size, n_views, seed, f"{plain!r}|{aug!r}")
     name = f"{parts['backbone']}-{img_size}px-{n_views}v-{key[:16]}.pt"
     path = Path(data.cache_dir) / "features" / name
+    hit = None
     if path.exists() and not rebuild:
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if cached.get("key") == key:
                 log.info("Using cached features %s", path)
                 out = {s: (cached[s]["features"].float(), cached[s]["labels"]) for s in ("train", "valid", "test")}
-                return {**out, "path": path, "from_cache": True}
+                hit = {**out, "path": path, "from_cache": True}
         except Exception as exc:  # a damaged cache file is rebuilt, not fatal
             log.warning("Ignoring unreadable feature cache %s (%s)", path, " ".join(str(exc).split())[:200])
+    if all_true(hit is not None):  # distributed: all processes extract, or none does
+        return hit
     draft = resize_size_for(img_size)
     out = {}
     for split, samples, views in (("train", data.train, n_views), ("valid", data.valid, 1), ("test", data.test, 1)):
+        share = block_range(len(samples)) if is_distributed() else None
         out[split] = extract_features(model.backbone, samples, plain, aug, views, batch_size, workers, seed, draft,
-                                      device, desc=f"Features {split} ({views} view{'s' * (views > 1)})")
+                                      device, desc=f"Features {split} ({views} view{'s' * (views > 1)})",
+                                      indices=share)
+    if is_distributed():
+        out = {s: _join_blocks(all_gather_object((f.half(), y))) for s, (f, y) in out.items()}
     # float16 on disk halves the file; the features are post-activation averages, well within its precision.
-    atomic_torch_save({"key": key, "parts": parts,
-                       **{s: {"features": f.half(), "labels": y} for s, (f, y) in out.items()}}, path)
-    log.info("Cached features in %s", path)
+    if is_local_main_process():
+        atomic_torch_save({"key": key, "parts": parts,
+                           **{s: {"features": f.half(), "labels": y} for s, (f, y) in out.items()}}, path)
+        log.info("Cached features in %s", path)
+    barrier()  # distributed: once this returns, the cache file exists for every process
     out = {s: (f.half().float(), y) for s, (f, y) in out.items()}  # exactly what a later run will load
     return {**out, "path": path, "from_cache": False}
+
+
+def _join_blocks(blocks: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (features, labels) blocks of all processes, in rank order, as one (a block may hold no photo)."""
+    full = [(f, y) for f, y in blocks if f.shape[0]]
+    if not full:
+        return blocks[0]
+    return torch.cat([f for f, _ in full]), torch.cat([y for _, y in full])
 
 
 def get_feature_loaders(model: TransferModel, data, args=None) -> dict[str, DataLoader]:
@@ -704,10 +754,17 @@ def get_feature_loaders(model: TransferModel, data, args=None) -> dict[str, Data
     n_views = max(1, int(_arg(args, "n_views", 5)))
     batch_size = int(_arg(args, "batch_size", 32))
     workers = int(_arg(args, "workers", 2))
-    workers = (os.cpu_count() or 1) if workers < 0 else workers
+    workers = cpu_share(os.cpu_count() or 1) if workers < 0 else workers
     seed = int(_arg(args, "seed", 42))
+    limit = int(_arg(args, "limit", -1))
+    if limit > 0:  # quick runs: at most `limit` photos per split, every class kept
+        from .data import limit_samples  # noqa: PLC0415
+
+        data = copy.copy(data)
+        data.train, data.valid, data.test = (limit_samples(s, limit) for s in (data.train, data.valid, data.test))
+    augment = str(_arg(args, "feature_augment", None) or _arg(args, "augment", "standard"))
     cache = compute_feature_cache(model, data, img_size, n_views, seed, batch_size=max(batch_size, 64),
-                                  workers=workers, augment=str(_arg(args, "feature_augment", "standard")),
+                                  workers=workers, augment=augment,
                                   rebuild=bool(_arg(args, "rebuild_features", False)))
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -717,6 +774,7 @@ def get_feature_loaders(model: TransferModel, data, args=None) -> dict[str, Data
         ds = FeatureDataset(feats, labels, sample_views=(split == "train"), class_names=data.class_names,
                             mean=model.mean, std=model.std)
         ds.cache_path, ds.from_cache = cache["path"], cache["from_cache"]
-        loaders[split] = DataLoader(ds, batch_size=batch_size, shuffle=(split == "train"), num_workers=0,
-                                    generator=generator if split == "train" else None)
+        sampler = distributed_sampler(ds, shuffle=(split == "train"), seed=seed)  # torchrun: this process's share
+        loaders[split] = DataLoader(ds, batch_size=batch_size, shuffle=(split == "train") and sampler is None,
+                                    sampler=sampler, num_workers=0, generator=generator if split == "train" else None)
     return loaders
