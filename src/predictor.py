@@ -5,6 +5,7 @@ softmax) so the exported file needs nothing else: it takes uint8 (or float in [0
 any size. Export checks its own work: the file is reloaded and compared with the eager model before it gets its
 final name.
 """
+# No ``from __future__ import annotations`` here: TorchScript must read the annotations as types, not strings.
 
 import argparse
 import io
@@ -21,8 +22,8 @@ from PIL import Image
 from torch import nn
 
 from .data import DEFAULT_IMG_SIZE, class_display_name, resize_size_for
-from .helpers import CHECKPOINTS_DIR, atomic_path, quiet_torchscript
-from .images import open_image
+from .helpers import CHECKPOINTS_DIR, atomic_path, ensure_writable_dir, quiet_torchscript
+from .images import limit_aspect_ratio, open_image
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ PREDICTOR_FORMAT = "landmark-tagger-predictor/1"
 EXPORT_TOLERANCE = 1e-5
 SCRATCH_EXPORT_NAME = "original_exported.pt"
 TRANSFER_EXPORT_NAME = "transfer_exported.pt"
-PRESHRINK_FACTOR = 8  # huge photos are pre-shrunk to this many times the model's resize shape
 
 
 class ExportError(RuntimeError):
@@ -223,7 +223,9 @@ def export_torchscript(predictor: Predictor, path: str | os.PathLike, example: t
             raise ExportError(f"cannot script the model for export ({type(exc).__name__}: {first}); give it a "
                               f"scriptable(example) method returning a TorchScript-compatible module") from exc
         with atomic_path(path) as tmp:
-            torch.jit.save(scripted, str(tmp))
+            buffer = io.BytesIO()  # torch's file writer aborts the process on a full disk; Python's raises OSError
+            torch.jit.save(scripted, buffer)
+            tmp.write_bytes(buffer.getvalue())
             reloaded = torch.jit.load(str(tmp), map_location="cpu")
             worst = compare_to_eager(predictor, reloaded, inputs, tolerance, what=f"{path} (reloaded)")
             if list(reloaded.class_names) != list(predictor.class_names):
@@ -336,9 +338,11 @@ def _first_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def load_exported(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> torch.jit.ScriptModule:
+def load_exported(path: str | os.PathLike, device: str | torch.device | None = "cpu",
+                  optimize: bool = False) -> torch.jit.ScriptModule:
     """Load an exported predictor (``checkpoints/*_exported.pt``) in eval mode.
 
+    ``optimize=True`` returns :func:`optimize_for_cpu` of it on a CPU (what ``predict`` and ``tag`` use).
     Raises :class:`ExportedModelError` with one line naming the file and what is wrong: missing, not TorchScript
     (a training checkpoint, say), or TorchScript that is not a landmark predictor.
     """
@@ -359,34 +363,85 @@ def load_exported(path: str | os.PathLike, device: str | torch.device | None = "
                     raise ExportedModelError(f"{path}: a torch.save file (a training checkpoint?), not an exported "
                                              f"TorchScript model; {hint}") from None
             raise ExportedModelError(f"{path}: not a TorchScript file ({_first_line(exc)})") from None
-    if not hasattr(module, "class_names"):
+    if not hasattr(module, "class_names") or not hasattr(module, "resize_size"):
         raise ExportedModelError(f"{path}: TorchScript, but not an exported landmark predictor (it has no "
                                  f"class_names); {hint}")
-    return module.eval()
+    module = module.eval()
+    if optimize and torch.device(device or "cpu").type == "cpu":
+        module = optimize_for_cpu(module)
+    return module
+
+
+# Attributes a frozen module must keep (freezing inlines everything else into the graph).
+PREDICTOR_ATTRIBUTES = ["class_names", "mean_values", "std_values", "img_size", "resize_size", "arch", "format"]
+OPTIMIZE_TOLERANCE = 1e-5
+
+
+def optimize_for_cpu(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """The exported module frozen and optimised for CPU inference (``torch.jit.freeze`` folds batch norm into the
+    convolutions, ``torch.jit.optimize_for_inference`` runs them with oneDNN): about 1.5-2x faster forward passes.
+
+    Its probabilities are checked against the module as loaded on a test batch; should they differ by more than
+    1e-5, or optimisation fail, the module is returned as it was. Only ``forward`` and the attributes in
+    ``PREDICTOR_ATTRIBUTES`` remain.
+    """
+    preserved = [name for name in PREDICTOR_ATTRIBUTES if hasattr(module, name)]
+    try:
+        with quiet_torchscript():
+            optimized = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval(), preserved_attrs=preserved))
+        size = int(module.resize_size)
+        probe = torch.rand(2, 3, size, size + 17, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            diff = _max_abs_diff(optimized(probe), module(probe))
+    except Exception as exc:  # an exotic model oneDNN cannot take: the plain module is correct, just slower
+        log.debug("not optimising the exported module: %s", exc)
+        return module
+    if not diff <= OPTIMIZE_TOLERANCE:
+        log.debug("optimised module differs by %.2e; using it unoptimised", diff)
+        return module
+    return optimized
 
 
 def load_image_tensor(source, resize_size: int = 256, name: str | None = None) -> torch.Tensor:
-    """A photo file (path or bytes) as a uint8 tensor ``[3, H, W]`` ready for the exported predictor.
+    """A photo file (path or bytes) as a uint8 tensor ``[3, H, W]`` whose shorter side is ``resize_size``.
 
-    Decoding is :func:`src.images.open_image` (any format, EXIF orientation, any mode to RGB, bomb guard), with
-    JPEG draft decoding at no less than ``resize_size`` like training. A huge photo (shorter side at least
-    ``16 * resize_size``, e.g. a 30-megapixel PNG) is first shrunk with Pillow's antialiased bilinear filter to
-    exactly 8x the shape the model's resize will produce: the same geometry, about 0.1 grey level of difference
-    after the model's resize, and a bounded amount of memory. Raises ``ImageLoadError`` for bad files.
+    Decoding is :func:`src.images.open_image` (any format, EXIF orientation, any mode to RGB, bomb guard; JPEG
+    draft decoding at no less than ``resize_size``), then Pillow's antialiased bilinear resize of the shorter side
+    to ``resize_size``: exactly the first step of the training/test transforms (``transforms.Resize`` on a PIL
+    image), so the exported module, which does not resample an image already at that size, only crops and
+    normalises - what it sees equals what ``get_transforms("test")`` gives. Pillow resizes in 8 bits, quickly and
+    in little memory, whatever the photo's size. Raises ``ImageLoadError`` for bad files.
     """
     img = open_image(source, name=name, draft_size=resize_size)
-    if min(img.size) >= PRESHRINK_FACTOR * 2 * resize_size:
+    if min(img.size) != resize_size:
         height, width = resized_shape(img.height, img.width, resize_size)
-        img = img.resize((PRESHRINK_FACTOR * width, PRESHRINK_FACTOR * height), Image.BILINEAR)
+        img = img.resize((width, height), Image.BILINEAR)
     arr = np.array(img, dtype=np.uint8)  # a writable copy, [H, W, 3]
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def prepare_for_batch(image: torch.Tensor, resize_size: int) -> torch.Tensor:
-    """One uint8 ``[3, H, W]`` photo -> float ``[3, R, R]`` in [0, 1] (R = ``resize_size``): the exported module's
-    own resize + center crop to a square, so photos of different sizes can be stacked into one batch and the
-    module (which then does not resample again) sees exactly what it would see for the photo alone."""
-    return resize_and_center_crop(to_unit_float(image.unsqueeze(0)), resize_size, resize_size)[0]
+def square_window(height: int, width: int, crop_size: int) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the square of side ``min(height, width)`` to cut from an image already resized
+    to that shorter side, such that the module's own center crop of ``crop_size`` inside it lands on exactly the
+    pixels its center crop of the whole image would (offsets round half to even, so they do not simply add)."""
+    side = min(height, width)
+    inner = _center_offset(side - crop_size)
+    top = _center_offset(height - crop_size) - inner
+    left = _center_offset(width - crop_size) - inner
+    return top, left, side
+
+
+def prepare_for_batch(image: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
+    """One ``[3, H, W]`` photo -> ``[3, R, R]`` (R = ``resize_size``) for stacking photos of different shapes into
+    one batch; the exported module (``img_size`` = ``crop_size``) then sees exactly the pixels it sees for the
+    photo alone. A photo from :func:`load_image_tensor` is only cut (uint8 stays uint8); any other is resized the
+    module's way first (float in [0, 1])."""
+    x = image.unsqueeze(0)
+    if min(x.shape[-2:]) != resize_size:
+        size = resized_shape(x.shape[-2], x.shape[-1], resize_size)
+        x = F.interpolate(to_unit_float(x), size=size, mode="bilinear", align_corners=False, antialias=True)
+    top, left, side = square_window(x.shape[-2], x.shape[-1], crop_size)
+    return x[0, :, top:top + side, left:left + side].contiguous()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -574,10 +629,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predictor_from_checkpoint(checkpoint_path: str | os.PathLike) -> Predictor:
     """A :class:`Predictor` around the model of a training checkpoint (``src.train`` format)."""
-    from .train import build_model_from_checkpoint, load_checkpoint  # noqa: PLC0415
+    from .train import CheckpointError, build_model_from_checkpoint, load_checkpoint  # noqa: PLC0415
 
     ckpt = load_checkpoint(checkpoint_path)
-    model = build_model_from_checkpoint(ckpt)
+    try:
+        model = build_model_from_checkpoint(ckpt)
+    except CheckpointError as exc:  # name the file: the checkpoint itself does not know its path
+        raise CheckpointError(f"{checkpoint_path}: {exc}") from None
     return Predictor(model, ckpt["class_names"], ckpt["mean"], ckpt["std"], ckpt.get("img_size", DEFAULT_IMG_SIZE),
                      arch=ckpt.get("arch", ""))
 
@@ -585,6 +643,7 @@ def predictor_from_checkpoint(checkpoint_path: str | os.PathLike) -> Predictor:
 def export_main(args: argparse.Namespace) -> int:
     predictor = predictor_from_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else default_export_path(predictor.arch)
+    ensure_writable_dir(out.parent)  # before scripting and checking, which take a while for big models
     report = export_torchscript(predictor, out)
     print(f"Exported {out} ({predictor.arch or 'model'}, {len(predictor.class_names)} classes, "
           f"{predictor.img_size} px): reloaded and checked against the eager model on {report['n_inputs']} inputs, "

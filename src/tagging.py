@@ -29,12 +29,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .helpers import atomic_write_text
+from .helpers import OutputError, atomic_write_text, ensure_writable_dir
 from .images import ImageLoadError, is_candidate_image
 from .landmarks import NO_LANDMARK, describe, display_name, format_latlon, landmark_info, xmp_gps_coordinate
 from .predictor import load_exported, load_image_tensor, prepare_for_batch, top_k
 
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = 8  # on a CPU, per-photo cost is lowest at small batches (cache); a GPU wants --batch-size 64
 CREATOR_TOOL = "landmark-tagger"
 
 # --------------------------------------------------------------------------------------------------------------
@@ -98,12 +98,20 @@ def _error_line(path, exc: BaseException) -> str:
     return str(ImageLoadError(path, f"{type(exc).__name__}: {exc}"))
 
 
-def _decode(path: Path, resize_size: int, with_gps: bool) -> tuple[torch.Tensor | None, str | None, tuple | None]:
+def _decode(path: Path, resize_size: int, crop_size: int,
+            with_gps: bool) -> tuple[torch.Tensor | None, str | None, tuple | None]:
     try:
-        image = prepare_for_batch(load_image_tensor(path, resize_size), resize_size)
+        image = prepare_for_batch(load_image_tensor(path, resize_size), resize_size, crop_size)
     except Exception as exc:  # every failure of one photo stays with that photo
         return None, _error_line(path, exc), None
     return image, None, (read_exif_gps(path) if with_gps else None)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``"auto"`` -> the best available device (``src.helpers.get_device``); anything else as given."""
+    from .helpers import get_device  # noqa: PLC0415
+
+    return get_device(None if name in (None, "auto") else name)
 
 
 def default_workers() -> int:
@@ -115,11 +123,12 @@ def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int 
                      desc: str = "Tagging") -> Iterator[PhotoResult]:
     """Predict every photo of ``paths`` with an exported model; yields one :class:`PhotoResult` per path, in order.
 
-    Worker threads decode and resize photos (to the module's square input) while the main thread runs the
-    batched forward pass; at most two batches are decoded ahead, so memory stays bounded on any folder size.
+    Worker threads decode, resize and cut photos to the module's square input (Pillow and torch release the GIL)
+    while the main thread runs the batched forward pass; at most two batches are decoded ahead, so memory stays
+    bounded on any folder size.
     """
     paths = [Path(p) for p in paths]
-    resize_size = int(model.resize_size)
+    resize_size, crop_size = int(model.resize_size), int(model.img_size)
     batch_size = max(1, int(batch_size))
     workers = workers or default_workers()
     device = next((b.device for b in model.buffers()), torch.device("cpu"))
@@ -132,7 +141,7 @@ def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int 
         nonlocal next_index
         while next_index < len(paths) and len(pending) < 2 * batch_size + workers:
             path = paths[next_index]
-            pending.append((path, pool.submit(_decode, path, resize_size, with_gps)))
+            pending.append((path, pool.submit(_decode, path, resize_size, crop_size, with_gps)))
             next_index += 1
 
     try:
@@ -217,14 +226,17 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per photo (one per line)")
     parser.add_argument("--min-prob", type=float, default=0.0,
                         help="below this top probability, say 'no known landmark' (default 0: always guess)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (the best available)")
 
 
 def predict_main(args: argparse.Namespace) -> int:
-    """Predict each photo on its own (the exported module resizes it); bad files are reported and skipped.
+    """Predict each photo on its own (file -> :func:`load_image_tensor` -> the exported module, optimised for the
+    CPU); bad files are reported and skipped.
 
     Exit status 0 only when every photo succeeded.
     """
-    model = load_exported(args.model)
+    device = resolve_device(args.device)
+    model = load_exported(args.model, device=device, optimize=True)
     class_names = list(model.class_names)
     resize_size = int(model.resize_size)
     failures = 0
@@ -232,7 +244,7 @@ def predict_main(args: argparse.Namespace) -> int:
         try:
             image = load_image_tensor(image_path, resize_size)
             with torch.inference_mode():
-                probs = model(image.unsqueeze(0))[0].float()
+                probs = model(image.unsqueeze(0).to(device))[0].float().cpu()
             record = make_record(image_path, probs, class_names, args.k, args.min_prob, read_exif_gps(image_path))
         except Exception as exc:  # one bad photo never stops the others
             record = make_record(image_path, None, class_names, error=_error_line(image_path, exc))
@@ -331,25 +343,41 @@ def read_existing_rows(out: Path) -> dict[str, dict]:
 
 
 class Journal:
-    """Append-only record of finished rows, flushed and fsynced after every batch: a killed run loses only the
-    batch in flight, and rewriting the whole CSV stays a once-per-run cost."""
+    """Append-only record of finished rows. Flushed after every batch, so a killed process loses only the batch
+    in flight (the operating system has the rest); fsynced every few seconds, which bounds what a power cut can
+    lose without paying a disk sync per batch. Rewriting the whole CSV stays a once-per-run cost."""
+
+    FSYNC_SECONDS = 5.0
 
     def __init__(self, path: Path):
         self.path = path
+        self.synced = time.monotonic()
         new = not path.exists() or path.stat().st_size == 0
+        if not new:  # a torn last line (a full disk, a kill mid-write): cut it, or the next row would join it
+            with open(path, "rb+") as fh:
+                data = fh.read()
+                if not data.endswith(b"\n"):
+                    fh.truncate(data.rfind(b"\n") + 1)
+                    new = data.rfind(b"\n") < 0
         self.fh = open(path, "a", encoding="utf-8", newline="")
         self.writer = csv.DictWriter(self.fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
         if new:
             self.writer.writeheader()
 
     def write(self, rows: Sequence[dict]) -> None:
-        for row in rows:
-            self.writer.writerow(row)
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        try:
+            for row in rows:
+                self.writer.writerow(row)
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        except OSError as exc:  # a full disk: say which file (the OS error names none)
+            raise OutputError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError:  # the rows that did not fit were reported by write(); the CSV is still to be written
+            pass
 
 
 def list_photos(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
@@ -453,9 +481,11 @@ def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sidecar", action="store_true",
                         help="write PHOTO.xmp sidecars (e.g. photo.jpg.xmp) with GPS and keywords; originals are "
                              "never modified, and sidecars written by other programs are left alone")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="photos per forward pass")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"photos per forward pass (default {DEFAULT_BATCH_SIZE}, best on a CPU; 64 on a GPU)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
     parser.add_argument("--redo", action="store_true", help="tag every photo again instead of skipping done ones")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (the best available)")
 
 
 @dataclass
@@ -472,7 +502,7 @@ class TagSummary:
 
 def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int = 3, min_prob: float = 0.0,
                sidecar: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-               redo: bool = False, progress: bool = True) -> TagSummary:
+               redo: bool = False, progress: bool = True, device: str = "cpu") -> TagSummary:
     """Tag every photo under ``folder`` into the CSV ``out``; see ``python -m src tag --help``.
 
     Resume: rows of a previous run (the CSV, plus the journal of a killed run) whose status is ``ok`` or
@@ -484,13 +514,15 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = load_exported(model) if not isinstance(model, torch.nn.Module) else model
+    ensure_writable_dir(out.parent)  # a read-only or mistyped --out fails before any work
+    if not isinstance(model, torch.nn.Module):
+        model = load_exported(model, device=resolve_device(device), optimize=True)
     class_names = list(model.class_names)
     started = time.perf_counter()
-    rows = {} if redo else read_existing_rows(out)
-    if redo and journal_path(out).exists():
-        journal_path(out).unlink()
+    rows = read_existing_rows(out)  # also refuses an --out that is some other CSV, even with redo
+    if redo:
+        rows = {}
+        journal_path(out).unlink(missing_ok=True)
     done = {p for p, row in rows.items() if row["status"] in DONE_STATUSES}
     photos = list_photos(folder, exclude=[out])
     relative = {p: p.relative_to(folder).as_posix() for p in photos}
@@ -543,7 +575,7 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
 def tag_main(args: argparse.Namespace) -> int:
     """Exit status 0 when every photo was tagged (a low-confidence answer counts as tagged), 1 if any failed."""
     summary = tag_folder(args.folder, args.model, args.out, k=args.k, min_prob=args.min_prob, sidecar=args.sidecar,
-                         batch_size=args.batch_size, workers=args.workers, redo=args.redo)
+                         batch_size=args.batch_size, workers=args.workers, redo=args.redo, device=args.device)
     new = summary.tagged + summary.errors
     rate = f", {new / summary.seconds:.1f} photos/s" if new and summary.seconds > 0 else ""
     parts = [f"{summary.total} photos: {summary.tagged} tagged ({summary.low_confidence} no known landmark), "

@@ -214,16 +214,42 @@ def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
-def test_large_photos_are_shrunk_before_the_model_without_visible_change(tmp_path):
-    arr = natural_image(1100, 1400)
-    Image.fromarray(arr).save(tmp_path / "big.png")
-    small = load_image_tensor(tmp_path / "big.png", resize_size=64)
-    assert tuple(small.shape) == (3, 8 * 64, 8 * (64 * 1400 // 1100))  # 8x the shape the model resizes to
-    p = make_predictor(nn.Identity(), img_size=56)  # resize_size_for(56) == 64
-    full = torch.from_numpy(arr).permute(2, 0, 1)[None]
-    grey_level = 1 / 255 / min(STD)
-    assert (p.preprocess(small[None]) - p.preprocess(full)).abs().mean() < 0.25 * grey_level
-    assert (p.preprocess(small[None]) - p.preprocess(full)).abs().max() < 2 * grey_level
+@pytest.mark.parametrize("size,fmt", [((1400, 1100), "PNG"), ((333, 250), "JPEG"), ((250, 333), "WEBP"),
+                                      ((97, 61), "PNG")])
+def test_a_file_reaches_the_network_exactly_as_the_test_transforms_give_it(tmp_path, size, fmt):
+    """File -> load_image_tensor -> module preprocessing equals open_image -> get_transforms("test") (Pillow
+    resize, center crop, normalise), to float rounding: the module does not resample an image at its size."""
+    from src.images import open_image
+
+    Image.fromarray(natural_image(size[1], size[0])).save(tmp_path / "photo", format=fmt)
+    p = make_predictor(nn.Identity(), img_size=64)  # resize to 73, crop 64: an odd margin, the harder case
+    tensor = load_image_tensor(tmp_path / "photo", p.resize_size)
+    assert min(tensor.shape[1:]) == p.resize_size and tensor.dtype == torch.uint8
+    ours = p.preprocess(tensor[None])[0]
+    reference = get_transforms("test", 64, MEAN, STD)(open_image(tmp_path / "photo", draft_size=p.resize_size))
+    assert (ours - reference).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("img_size", [32, 64, 224])
+def test_batch_squares_keep_the_single_photo_crop(img_size):
+    """prepare_for_batch cuts a square such that the module's crop inside it equals its crop of the whole photo,
+    for every width parity (round-half-to-even offsets do not add up naively), uint8 and float paths alike."""
+    from src.predictor import prepare_for_batch, resize_and_center_crop, resize_size_for
+
+    r = resize_size_for(img_size)
+    g = torch.Generator().manual_seed(img_size)
+    for extra in range(0, 12):
+        for shape in ((r, r + extra), (r + extra, r)):
+            image = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=g)
+            square = prepare_for_batch(image, r, img_size)
+            assert square.shape == (3, r, r) and square.dtype == torch.uint8
+            whole = resize_and_center_crop(image[None].float(), r, img_size)
+            assert torch.equal(resize_and_center_crop(square[None].float(), r, img_size), whole), (shape, img_size)
+    odd = torch.randint(0, 256, (3, r + 30, r * 2 + 7), dtype=torch.uint8, generator=g)  # not at the resize size
+    square = prepare_for_batch(odd, r, img_size)
+    assert square.shape == (3, r, r) and square.dtype == torch.float32
+    assert torch.allclose(resize_and_center_crop(square[None], r, img_size),
+                          resize_and_center_crop(odd[None].float() / 255, r, img_size), atol=1e-6)
 
 
 def test_suggestion_question_wording():

@@ -150,7 +150,7 @@ def test_exif_orientation_is_applied(tmp_path):
     base.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "stored_rotated.png", exif=exif)
     upright = load_image_tensor(tmp_path / "upright.png", 36)
     rotated = load_image_tensor(tmp_path / "stored_rotated.png", 36)
-    assert upright.shape == (3, 60, 80) and torch.equal(upright, rotated)
+    assert upright.shape == (3, 36, 48) and torch.equal(upright, rotated)  # 60 px high, resized to 36
 
 
 def test_exif_gps_is_read_and_bogus_gps_ignored(tmp_path):
