@@ -412,7 +412,9 @@ def load_image_tensor(source, resize_size: int = 256, name: str | None = None) -
     normalises - what it sees equals what ``get_transforms("test")`` gives. Pillow resizes in 8 bits, quickly and
     in little memory, whatever the photo's size. Raises ``ImageLoadError`` for bad files.
     """
-    img = open_image(source, name=name, draft_size=resize_size)
+    # An extreme strip is cut to its central part first (as the training transforms do): resizing a 50000x1
+    # strip's shorter side to 256 px would otherwise ask for gigabytes.
+    img = limit_aspect_ratio(open_image(source, name=name, draft_size=resize_size))
     if min(img.size) != resize_size:
         height, width = resized_shape(img.height, img.width, resize_size)
         img = img.resize((width, height), Image.BILINEAR)

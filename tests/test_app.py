@@ -17,7 +17,7 @@ from src.app import (NO_LANDMARK_VERDICT, build_app, classify_image_bytes, find_
                      uploaded_files)
 from src.landmarks import landmark_info
 from src.helpers import quiet_torchscript
-from src.predictor import Predictor, export_torchscript
+from src.predictor import Predictor, export_torchscript, resized_shape
 
 CLASS_NAMES = ["00.Landmark_A", "01.Landmark_B", "02.Landmark_C"]
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
@@ -69,6 +69,13 @@ def export_tiny_model(path: Path, class_names=CLASS_NAMES, img_size: int = 64) -
     return path
 
 
+def model_input_size(model, size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a photo of ``size`` once resized as the exported model takes it (shorter side to
+    the model's ``resize_size``)."""
+    height, width = resized_shape(size[1], size[0], int(model.resize_size))
+    return width, height
+
+
 def jpeg_bytes(label: int, index: int = 0, size=(96, 72), fmt: str = "JPEG") -> bytes:
     buf = io.BytesIO()
     make_photo(buf, label, index, size=size, fmt=fmt)
@@ -110,7 +117,7 @@ def test_classify_real_jpeg_gives_right_landmark_and_sorted_top_k(model):
         assert probs == sorted(probs, reverse=True)
         assert 0.99 < sum(probs) <= 1.0001  # k = all classes: the whole distribution
         assert r["known"] and r["verdict"] == r["top"][0]["name"]
-        assert r["image"].size == (96, 72)
+        assert r["image"].size == model_input_size(model, (96, 72))  # the photo as the model gets it
 
 
 def test_classify_k_is_respected(model):
@@ -189,7 +196,7 @@ def test_app_classifies_uploaded_photos_and_reports_broken_file(exported_model):
     assert len(bars) == app.k.value == 3
     assert [b.value for b in bars] == sorted((b.value for b in bars), reverse=True)
     thumbs = [w for w in _walk(red) if isinstance(w, widgets.Image)]
-    assert len(thumbs) == 1 and Image.open(io.BytesIO(thumbs[0].value)).size == (96, 72)
+    assert len(thumbs) == 1 and Image.open(io.BytesIO(thumbs[0].value)).size == model_input_size(app.model, (96, 72))
     assert "broken.jpg: not an image" in _html_text(broken)
     assert not [w for w in _walk(broken) if isinstance(w, (widgets.Image, widgets.FloatProgress))]
     assert "Classified 2 of 3 files. 1 could not be used" in app.status.value

@@ -48,6 +48,7 @@ from src.__main__ import main as cli
 from src.helpers import PROJECT_ROOT, atomic_torch_save
 from src.images import MAX_ASPECT_RATIO
 from src.model import MyModel
+from src.predictor import resized_shape
 
 RESULTS_FILE = PROJECT_ROOT / "benchmarks" / "results" / "faults_counts.json"
 TINY = ["--arch", "scratch", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--widths", "8,16,16,16",
@@ -200,13 +201,15 @@ def assert_checkpoint_loads(path: Path) -> dict:
     return ckpt
 
 
-def expected_model_size(sample: Sample) -> tuple[int, int]:
-    """The decoded size, after an extreme strip is cut to its central part (:data:`MAX_ASPECT_RATIO`)."""
+def expected_model_size(sample: Sample, resize_size: int) -> tuple[int, int]:
+    """The size the model gets: an extreme strip cut to its central part (:data:`MAX_ASPECT_RATIO`), then the
+    shorter side resized to the model's ``resize_size``."""
     w, h = sample.size
     if w > MAX_ASPECT_RATIO * h:
         w = int(MAX_ASPECT_RATIO * h)
     if h > MAX_ASPECT_RATIO * w:
         h = int(MAX_ASPECT_RATIO * w)
+    h, w = resized_shape(h, w, resize_size)
     return w, h
 
 
@@ -400,7 +403,8 @@ def test_corpus_through_the_app_upload_handler(name, loaded_model):
             assert [e["class_name"] for e in result["top"]] != [] and len(result["top"]) == 3
             probs = [e["prob"] for e in result["top"]]
             assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
-            assert result["image"].mode == "RGB" and result["image"].size == expected_model_size(sample)
+            assert result["image"].mode == "RGB" and result["image"].size == expected_model_size(
+                sample, int(loaded_model.resize_size))
         else:
             assert set(result) == {"name", "error"}, result
             assert_one_line(result["error"], reason=sample.reason)
