@@ -159,8 +159,12 @@ def train_one_epoch(train_dataloader, model: nn.Module, optimizer: torch.optim.O
 
 @torch.inference_mode()
 def evaluate(dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, amp: bool = True,
-             channels_last: bool = False, desc: str = "Validating", return_predictions: bool = False) -> dict:
-    """Loss, top-1 and top-k accuracy of ``model`` over ``dataloader`` (eval mode, no gradients)."""
+             channels_last: bool = False, desc: str = "Validating", return_predictions: bool = False,
+             tta: bool = False) -> dict:
+    """Loss, top-1 and top-k accuracy of ``model`` over ``dataloader`` (eval mode, no gradients).
+
+    ``tta=True`` averages the logits of each image and its mirror image (images only).
+    """
     device = _model_device(model)
     model.eval()
     totals = MetricTotals(topk)
@@ -169,6 +173,8 @@ def evaluate(dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, amp: 
         inputs, targets = _prepare_batch(batch, device, channels_last)
         with _autocast(device, amp):
             logits = model(inputs)
+            if tta and inputs.ndim == 4:
+                logits = (logits + model(inputs.flip(-1))) / 2
         logits = logits.float()
         totals.update(loss(logits, targets), logits, targets)
         if return_predictions:
@@ -193,16 +199,18 @@ def valid_one_epoch(valid_dataloader, model: nn.Module, loss: nn.Module, amp: bo
 
 
 def one_epoch_test(test_dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, device=None,
-                   return_predictions: bool = False, verbose: bool = True) -> dict:
+                   return_predictions: bool = False, verbose: bool = True, tta: bool = False) -> dict:
     """Test loss, top-1 and top-``k`` accuracy; prints them unless ``verbose=False``.
 
-    ``return_predictions=True`` adds per-photo ``predictions`` and ``labels`` (for a confusion matrix).
+    ``return_predictions=True`` adds per-photo ``predictions`` and ``labels`` (for a confusion matrix);
+    ``tta=True`` averages each photo's logits with its mirror image's.
     """
     if device is not None:
         model.to(get_device(device))
     dev = _model_device(model)
     result = evaluate(test_dataloader, model, loss, topk=topk, amp=True,
-                      channels_last=dev.type == "cuda", desc="Testing", return_predictions=return_predictions)
+                      channels_last=dev.type == "cuda", desc="Testing", return_predictions=return_predictions,
+                      tta=tta)
     if verbose and is_main_process():
         print(f"Test loss: {result['loss']:.4f}   Test accuracy: {result['accuracy']:.1%}   "
               f"Top-{topk} accuracy: {result['topk_accuracy']:.1%}   ({result['count']} photos)")
@@ -571,7 +579,8 @@ ARCH_DEFAULTS = {
     "transfer": {"lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine",
                  "label_smoothing": 0.1, "dropout": None, "augment": "standard", "batch_size": 32},
 }
-RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_only", "compile", "command"}
+RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_only", "compile", "command", "tta",
+                     "topk"}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -607,6 +616,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--resume", action="store_true", help="continue from OUT/last.pt with that run's arguments")
     a("--test-only", action="store_true", help="only evaluate OUT/best.pt on the test set")
     a("--topk", type=int, default=5)
+    a("--tta", action=argparse.BooleanOptionalAction, default=False,
+      help="test-time augmentation: average each test photo's prediction with its mirror image's")
     # transfer learning
     a("--unfreeze", type=int, default=0, help="transfer: number of backbone stages to fine-tune (0: head only)")
     a("--weights", default="DEFAULT", help="transfer: torchvision weights name for the backbone")
@@ -662,6 +673,8 @@ def run_training(args: argparse.Namespace) -> dict:
         args = _apply_saved_args(args, files["last"])
         if is_main_process():
             print(f"Resuming {files['last']} with its saved arguments")
+    elif args.test_only:
+        args = _apply_saved_args(args, files["best"])  # test the model as it was trained
     seed_everything(args.seed)
     device = local_device(get_device(args.device))  # cuda -> this process's own GPU under torchrun
 
@@ -713,10 +726,11 @@ def run_training(args: argparse.Namespace) -> dict:
         raise CheckpointError(f"{files['best']}: trained on other classes than {data.root}")
     model.load_state_dict(best["model"])
     model.to(device)
-    test = one_epoch_test(loaders["test"], train_module, loss, topk=args.topk, verbose=False)
+    test = one_epoch_test(loaders["test"], train_module, loss, topk=args.topk, verbose=False, tta=args.tta)
     result = {"arch": args.arch, "img_size": args.img_size, "epochs": args.epochs, "best_epoch": int(best["epoch"]),
               "test_loss": test["loss"], "test_acc": test["accuracy"], f"test_top{args.topk}": test["topk_accuracy"],
-              "n_test": test["count"], "train_seconds": round(train_seconds, 1), "device": str(device)}
+              "n_test": test["count"], "tta": bool(args.tta), "train_seconds": round(train_seconds, 1),
+              "device": str(device)}
     if is_main_process():
         atomic_write_json(out / "test_metrics.json", plain(result))
         print(f"Test accuracy: {test['accuracy']:.1%} (top-{args.topk} {test['topk_accuracy']:.1%}, "

@@ -19,8 +19,9 @@ from src.data import get_data_loaders
 from src.helpers import PROJECT_ROOT, seed_everything
 from src.model import MyModel
 from src.optimization import get_loss, get_optimizer, get_scheduler
-from src.train import (CHECKPOINT_FORMAT, CheckpointError, add_train_arguments, build_model_from_checkpoint,
-                       load_checkpoint, one_epoch_test, optimize, run_files, run_training)
+from src.train import (ARCH_DEFAULTS, CHECKPOINT_FORMAT, CheckpointError, add_train_arguments,
+                       build_model_from_checkpoint, load_checkpoint, one_epoch_test, optimize, run_files,
+                       run_training)
 
 SMALL = {"widths": [8, 16, 32, 32], "depths": [1, 1, 1, 1], "dropout": 0.2}
 
@@ -169,16 +170,19 @@ def test_run_training_trains_tests_and_test_only_reevaluates(tiny_dataset, tmp_p
     assert result["n_test"] == 12 and 0 <= result["test_acc"] <= 1
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["model_kwargs"]["widths"] == [8, 16, 32, 32] and ckpt["args"]["epochs"] == 2
-    assert ckpt["args"]["lr"] == 2e-3  # arguments not given take the recipe's defaults
-    again = run_training(_cli_args("--test-only", *common))
-    assert again["test_acc"] == result["test_acc"]
+    assert ckpt["args"]["lr"] == ARCH_DEFAULTS["scratch"]["lr"]  # arguments not given take the recipe's defaults
+    again = run_training(_cli_args("--test-only", "--out", str(out), "--data-dir", str(tiny_dataset),
+                                   "--workers", "0"))  # the run's own img size and widths come from best.pt
+    assert again["test_acc"] == result["test_acc"] and again["test_loss"] == pytest.approx(result["test_loss"])
+    mirrored = run_training(_cli_args("--test-only", "--tta", *common))
+    assert mirrored["tta"] and mirrored["n_test"] == 12
     assert len(load_checkpoint(out / "last.pt")["history"]) == 2  # --test-only trained nothing
 
 
 @pytest.mark.slow
 def test_sigkill_during_training_leaves_loadable_checkpoints_and_resume_finishes(tiny_dataset, tmp_path):
     out = tmp_path / "out"
-    epochs = 30
+    epochs = 15
     cmd = [sys.executable, "-m", "src", "train", "--arch", "scratch", "--data-dir", str(tiny_dataset),
            "--epochs", str(epochs), "--img-size", "32", "--batch-size", "4", "--workers", "0",
            "--widths", "8,16,16,16", "--depths", "1,1,1,1", "--out", str(out)]

@@ -1,0 +1,206 @@
+"""Transfer learning: the course's method against ours, same backbone, same data, one run.
+
+    python benchmarks/bench_transfer.py --data-dir ../shared/data/landmarks13 --epochs 10
+
+(a) **course**: the frozen pretrained backbone and a new linear layer (``src.transfer.CourseTransferModel``: its
+    batch norms follow ``model.train()`` as in the course), Adam at 1e-3, batch 32, 2 loader workers, the data
+    set's own mean/std, Resize(256) + RandomCrop(224) + flip, photos decoded and run through the whole backbone
+    for every image in every epoch; best-by-validation-loss weights tested on the test photos.
+(b) **ours**: ``python -m src train --arch ARCH`` with its defaults: backbone features computed once per photo
+    (plus augmented views of the training photos) and cached on disk, the head trained on them. The feature
+    cache is deleted first, so the time includes extracting every feature.
+(c) **fine-tuned**: ours, then its last ``--unfreeze`` backbone stages trained too, on photos, at a tenth of the
+    head's learning rate, starting from (b)'s trained head; its time includes (b)'s.
+
+Every method trains through ``src.train.optimize``. Prints test accuracy, wall time and the ratio to the course
+method; writes ``benchmarks/results/NAME.json`` (default ``bench_transfer``). The CPU may be shared with other
+work: compare the ratios, measured in the same run, more than the seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS_DIR, format_table, machine
+
+import torch
+
+from src.data import compute_mean_and_std, get_data_loaders, limit_samples, load_landmark_data
+from src.helpers import atomic_write_json, seed_everything
+from src.optimization import get_loss, get_optimizer, get_scheduler
+from src.train import add_train_arguments, build_model_from_checkpoint, load_checkpoint, one_epoch_test, \
+    optimize, run_training
+from src.transfer import CourseTransferModel
+
+RUNS_DIR = RESULTS_DIR.parent.parent / "runs"
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def _limited(data, limit: int):
+    if limit > 0:
+        data.train, data.valid, data.test = (limit_samples(s, limit) for s in (data.train, data.valid, data.test))
+    return data
+
+
+def run_course(args, out: Path) -> dict:
+    """(a) The course's recipe, every epoch a full backbone pass over every photo."""
+    started = time.perf_counter()
+    load_before = _load()
+    seed_everything(args.seed)
+    data = _limited(load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed), args.limit)
+    mean, std = compute_mean_and_std(data.root, samples=data.train + data.valid)
+    loaders = get_data_loaders(batch_size=32, num_workers=args.workers, img_size=224, mean=mean, std=std,
+                               seed=args.seed, augment="course", cache_images=False, data=data)
+    model = CourseTransferModel(args.arch, n_classes=len(data.class_names))
+    optimizer = get_optimizer(model, "adam", learning_rate=1e-3)
+    loss = get_loss()
+    metadata = {"arch": args.arch, "model_kwargs": {}, "class_names": data.class_names, "mean": mean, "std": std,
+                "img_size": 224, "args": {"method": "course", "seed": args.seed}}
+    history = optimize(loaders, model, optimizer, loss, args.epochs, out / "best.pt", metadata=metadata,
+                       seed=args.seed)
+    model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    test = one_epoch_test(loaders["test"], model, loss, verbose=False)
+    return {"method": "course", "epochs": args.epochs, "test_acc": test["accuracy"], "n_test": test["count"],
+            "best_epoch": min(history, key=lambda h: h["valid_loss"])["epoch"],
+            "wall_s": round(time.perf_counter() - started, 1), "load_before": load_before, "load_after": _load(),
+            "recipe": "frozen backbone (BN in train mode), Adam 1e-3, batch 32, Resize256+RandomCrop224+flip, "
+                      "data-set mean/std"}
+
+
+def _photo_test_accuracy(best: Path, args) -> float:
+    """Untimed check: the saved full model (backbone + head) on the test photos, as export will run it."""
+    ckpt = load_checkpoint(best)
+    model = build_model_from_checkpoint(ckpt)
+    data = _limited(load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed), args.limit)
+    loaders = get_data_loaders(batch_size=32, num_workers=args.workers, img_size=ckpt["img_size"],
+                               mean=ckpt["mean"], std=ckpt["std"], seed=args.seed, data=data)
+    return one_epoch_test(loaders["test"], model, get_loss(), verbose=False)["accuracy"]
+
+
+def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
+    """(b) ``python -m src train --arch ARCH`` with the feature cache, deleted first."""
+    data = load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed)
+    for stale in (data.cache_dir / "features").glob(f"{args.arch}-*.pt"):
+        stale.unlink()
+    train_argv = ["--arch", args.arch, "--epochs", str(args.ours_epochs), "--limit", str(args.limit),
+                  "--workers", str(args.workers), "--seed", str(args.seed), "--out", str(out)] + extra
+    if args.data_dir:
+        train_argv += ["--data-dir", args.data_dir]
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    train_args = parser.parse_args(train_argv)
+    print(f"\n=== {method}: python -m src train {' '.join(train_argv)}", flush=True)
+    load_before = _load()
+    started = time.perf_counter()
+    result = run_training(train_args)
+    wall = time.perf_counter() - started
+    row = {"method": method, "epochs": args.ours_epochs, "test_acc": result["test_acc"],
+           "n_test": result["n_test"], "best_epoch": result["best_epoch"], "wall_s": round(wall, 1),
+           "load_before": load_before, "load_after": _load(), "train_argv": train_argv,
+           "recipe": f"feature cache ({train_args.n_views or 'default'} views), head: {train_args.optimizer} "
+                     f"lr {train_args.lr}, wd {train_args.weight_decay}, {train_args.scheduler}, label smoothing "
+                     f"{train_args.label_smoothing}"}
+    row["test_acc_photos"] = _photo_test_accuracy(out / "best.pt", args)
+    return row
+
+
+def run_finetune(args, init: Path, out: Path, previous_s: float) -> dict:
+    """(c) Ours, then its last ``--unfreeze`` backbone stages trained too, on photos with fresh augmentation each
+    epoch, at 0.1x the head's learning rate (``TransferModel.param_groups``); starts from (b)'s trained head
+    ("linear probe, then fine-tune"). Frozen stages run without gradients and keep their batch-norm statistics."""
+    load_before = _load()
+    started = time.perf_counter()
+    seed_everything(args.seed)
+    ckpt = load_checkpoint(init)
+    model = build_model_from_checkpoint(ckpt)
+    model.set_unfrozen(args.unfreeze)
+    data = _limited(load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed), args.limit)
+    loaders = get_data_loaders(batch_size=32, num_workers=args.workers, img_size=ckpt["img_size"],
+                               mean=ckpt["mean"], std=ckpt["std"], seed=args.seed, augment="standard",
+                               cache_images=True, data=data)
+    optimizer = get_optimizer(model, "adamw", learning_rate=args.finetune_lr, weight_decay=1e-4)
+    scheduler = get_scheduler("cosine", optimizer, args.finetune_epochs, len(loaders["train"]), warmup_epochs=1)
+    loss = get_loss(label_smoothing=0.1)
+    kwargs = {**ckpt["model_kwargs"], "unfreeze": args.unfreeze}
+    metadata = {"arch": ckpt["arch"], "model_kwargs": kwargs, "class_names": data.class_names,
+                "mean": ckpt["mean"], "std": ckpt["std"], "img_size": ckpt["img_size"],
+                "args": {"method": "fine-tuned", "init": str(init), "unfreeze": args.unfreeze,
+                         "lr": args.finetune_lr, "epochs": args.finetune_epochs, "seed": args.seed}}
+    history = optimize(loaders, model, optimizer, loss, args.finetune_epochs, out / "best.pt", scheduler=scheduler,
+                       metadata=metadata, seed=args.seed, channels_last=True)
+    model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    test = one_epoch_test(loaders["test"], model, loss, verbose=False)
+    wall = time.perf_counter() - started
+    return {"method": f"fine-tuned (last {args.unfreeze} stages)", "epochs": args.finetune_epochs,
+            "test_acc": test["accuracy"], "test_acc_photos": test["accuracy"], "n_test": test["count"],
+            "best_epoch": min(history, key=lambda h: h["valid_loss"])["epoch"], "finetune_s": round(wall, 1),
+            "wall_s": round(wall + previous_s, 1), "load_before": load_before, "load_after": _load(),
+            "recipe": f"from ours' head; last {args.unfreeze} stages at {args.finetune_lr / 10:g}, head at "
+                      f"{args.finetune_lr:g}, AdamW wd 1e-4, cosine, label smoothing 0.1, standard augmentation, "
+                      f"channels-last"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--arch", default="efficientnet_lite0")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the course method")
+    parser.add_argument("--ours-epochs", type=int, default=30, help="epochs of head training on cached features")
+    parser.add_argument("--ours-args", default="", help="extra `python -m src train` arguments for ours")
+    parser.add_argument("--unfreeze", type=int, default=3, help="fine-tuned: backbone stages to train")
+    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="head; backbone stages get 0.1x")
+    parser.add_argument("--methods", default="course,ours,finetune")
+    parser.add_argument("--limit", type=int, default=-1, help="at most this many photos per split (smoke runs)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--name", default="bench_transfer", help="results/NAME.json; checkpoints in runs/NAME/")
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    runs = RUNS_DIR / args.name
+    rows = []
+    if "course" in methods:
+        print(f"\n=== course: frozen {args.arch}, Adam, {args.epochs} epochs", flush=True)
+        rows.append(run_course(args, runs / "course"))
+        print(rows[-1], flush=True)
+    if "ours" in methods or "finetune" in methods:
+        rows.append(run_ours(args, runs / "ours", shlex.split(args.ours_args)))
+        print(rows[-1], flush=True)
+    if "finetune" in methods:
+        ours = rows[-1]
+        # its time includes ours': it starts from ours' trained head
+        rows.append(run_finetune(args, runs / "ours" / "best.pt", runs / "finetune", ours["wall_s"]))
+        print(rows[-1], flush=True)
+        if "ours" not in methods:
+            rows.remove(ours)
+
+    base = next((r for r in rows if r["method"] == "course"), None)
+    for r in rows:
+        r["test_acc_pct"] = round(100 * r["test_acc"], 1)
+        if "test_acc_photos" in r:
+            r["test_acc_photos_pct"] = round(100 * r["test_acc_photos"], 1)
+        r["time_ratio"] = round(r["wall_s"] / base["wall_s"], 3) if base else None
+    table = format_table(rows, [("method", "method"), ("epochs", "epochs"), ("test_acc_pct", "test acc %"),
+                                ("test_acc_photos_pct", "exported model on photos %"), ("wall_s", "wall time s"),
+                                ("time_ratio", "time vs course"), ("load_before", "load avg before")])
+    print("\n" + table)
+    out = {"command": "python benchmarks/bench_transfer.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
+           "machine": machine(), "arch": args.arch, "data_dir": args.data_dir, "limit": args.limit,
+           "rows": rows, "table": table}
+    atomic_write_json(RESULTS_DIR / f"{args.name}.json", out)
+    print(f"\nwrote {RESULTS_DIR / (args.name + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
