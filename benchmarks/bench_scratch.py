@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch-args", default="", help="extra `python -m src train` arguments for MyModel")
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their last.pt")
+    parser.add_argument("--retries", type=int, default=3, help="resume a training killed by a signal this often")
     parser.add_argument("--name", default="bench_scratch", help="results/NAME.json; checkpoints in runs/NAME/")
     args = parser.parse_args(argv)
 
@@ -50,13 +51,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== {arch}: python -m src train {' '.join(train_argv)}", flush=True)
         env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "src", "train", *train_argv], cwd=PROJECT_ROOT, env=env)
+        interruptions = 0
+        while True:
+            proc = subprocess.run([sys.executable, "-m", "src", "train", *train_argv], cwd=PROJECT_ROOT, env=env)
+            if proc.returncode >= 0 or interruptions >= args.retries:
+                break
+            # killed by a signal (another job on a shared machine, the OOM killer): carry on from last.pt
+            interruptions += 1
+            print(f"{arch}: training killed by signal {-proc.returncode}; resuming", flush=True)
+            if "--resume" not in train_argv:
+                train_argv.append("--resume")
         if proc.returncode != 0:
             print(f"{arch}: training failed (exit code {proc.returncode})", file=sys.stderr)
-            return proc.returncode
+            return proc.returncode or 1
         result = json.loads((runs_dir / arch / "test_metrics.json").read_text())
         history = json.loads((runs_dir / arch / "history.json").read_text())
-        rows.append({**result, "train_argv": train_argv, "wall_s": round(time.perf_counter() - started, 1),
+        rows.append({**result, "train_argv": train_argv, "interruptions": interruptions, "wall_s": round(time.perf_counter() - started, 1),
                      # epochs' own time, summed over interrupted and resumed parts of the run
                      "train_s": round(sum(h["seconds"] for h in history), 1),
                      # CPU time of the training process (2 threads): not inflated by other work on the machine

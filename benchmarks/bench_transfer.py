@@ -19,7 +19,9 @@ work: compare the ratios, measured in the same run, more than the seconds.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import resource
 import shlex
 import sys
 import time
@@ -46,6 +48,14 @@ def _load() -> str:
         return "?"
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children (loader workers): less sensitive than wall
+    time to other work sharing the CPU."""
+    gc.collect()  # finish loader workers of the method just run, so that their time is counted
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _limited(data, limit: int):
     if limit > 0:
         data.train, data.valid, data.test = (limit_samples(s, limit) for s in (data.train, data.valid, data.test))
@@ -54,7 +64,7 @@ def _limited(data, limit: int):
 
 def run_course(args, out: Path) -> dict:
     """(a) The course's recipe, every epoch a full backbone pass over every photo."""
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
     load_before = _load()
     seed_everything(args.seed)
     data = _limited(load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed), args.limit)
@@ -70,9 +80,11 @@ def run_course(args, out: Path) -> dict:
                        seed=args.seed)
     model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     test = one_epoch_test(loaders["test"], model, loss, verbose=False)
+    wall = time.perf_counter() - started
+    del loaders  # stops the loader workers, so their CPU time is counted
     return {"method": "course", "epochs": args.epochs, "test_acc": test["accuracy"], "n_test": test["count"],
-            "best_epoch": min(history, key=lambda h: h["valid_loss"])["epoch"],
-            "wall_s": round(time.perf_counter() - started, 1), "load_before": load_before, "load_after": _load(),
+            "best_epoch": min(history, key=lambda h: h["valid_loss"])["epoch"], "wall_s": round(wall, 1),
+            "cpu_s": round(_cpu_seconds() - cpu_before, 1), "load_before": load_before, "load_after": _load(),
             "recipe": "frozen backbone (BN in train mode), Adam 1e-3, batch 32, Resize256+RandomCrop224+flip, "
                       "data-set mean/std"}
 
@@ -101,11 +113,12 @@ def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
     train_args = parser.parse_args(train_argv)
     print(f"\n=== {method}: python -m src train {' '.join(train_argv)}", flush=True)
     load_before = _load()
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
     result = run_training(train_args)
     wall = time.perf_counter() - started
     row = {"method": method, "epochs": args.ours_epochs, "test_acc": result["test_acc"],
            "n_test": result["n_test"], "best_epoch": result["best_epoch"], "wall_s": round(wall, 1),
+           "cpu_s": round(_cpu_seconds() - cpu_before, 1),
            "load_before": load_before, "load_after": _load(), "train_argv": train_argv,
            "recipe": f"feature cache ({train_args.n_views or 'default'} views), head: {train_args.optimizer} "
                      f"lr {train_args.lr}, wd {train_args.weight_decay}, {train_args.scheduler}, label smoothing "
@@ -114,12 +127,12 @@ def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
     return row
 
 
-def run_finetune(args, init: Path, out: Path, previous_s: float) -> dict:
+def run_finetune(args, init: Path, out: Path, previous_s: float, previous_cpu_s: float) -> dict:
     """(c) Ours, then its last ``--unfreeze`` backbone stages trained too, on photos with fresh augmentation each
     epoch, at 0.1x the head's learning rate (``TransferModel.param_groups``); starts from (b)'s trained head
     ("linear probe, then fine-tune"). Frozen stages run without gradients and keep their batch-norm statistics."""
     load_before = _load()
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
     seed_everything(args.seed)
     ckpt = load_checkpoint(init)
     model = build_model_from_checkpoint(ckpt)
@@ -141,10 +154,12 @@ def run_finetune(args, init: Path, out: Path, previous_s: float) -> dict:
     model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     test = one_epoch_test(loaders["test"], model, loss, verbose=False)
     wall = time.perf_counter() - started
+    del loaders
+    cpu = _cpu_seconds() - cpu_before
     return {"method": f"fine-tuned (last {args.unfreeze} stages)", "epochs": args.finetune_epochs,
             "test_acc": test["accuracy"], "test_acc_photos": test["accuracy"], "n_test": test["count"],
             "best_epoch": min(history, key=lambda h: h["valid_loss"])["epoch"], "finetune_s": round(wall, 1),
-            "wall_s": round(wall + previous_s, 1), "load_before": load_before, "load_after": _load(),
+            "wall_s": round(wall + previous_s, 1), "cpu_s": round(cpu + previous_cpu_s, 1), "load_before": load_before, "load_after": _load(),
             "recipe": f"from ours' head; last {args.unfreeze} stages at {args.finetune_lr / 10:g}, head at "
                       f"{args.finetune_lr:g}, AdamW wd 1e-4, cosine, label smoothing 0.1, standard augmentation, "
                       f"channels-last"}
@@ -160,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unfreeze", type=int, default=3, help="fine-tuned: backbone stages to train")
     parser.add_argument("--finetune-epochs", type=int, default=8)
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="head; backbone stages get 0.1x")
+    parser.add_argument("--finetune-from", default=None, help="fine-tune this checkpoint instead of running ours")
     parser.add_argument("--methods", default="course,ours,finetune")
     parser.add_argument("--limit", type=int, default=-1, help="at most this many photos per split (smoke runs)")
     parser.add_argument("--workers", type=int, default=2)
@@ -173,16 +189,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== course: frozen {args.arch}, Adam, {args.epochs} epochs", flush=True)
         rows.append(run_course(args, runs / "course"))
         print(rows[-1], flush=True)
-    if "ours" in methods or "finetune" in methods:
+    if "ours" in methods or ("finetune" in methods and not args.finetune_from):
         rows.append(run_ours(args, runs / "ours", shlex.split(args.ours_args)))
         print(rows[-1], flush=True)
     if "finetune" in methods:
-        ours = rows[-1]
-        # its time includes ours': it starts from ours' trained head
-        rows.append(run_finetune(args, runs / "ours" / "best.pt", runs / "finetune", ours["wall_s"]))
+        if args.finetune_from:  # experiments: start from an existing head, time the fine-tuning alone
+            rows.append(run_finetune(args, Path(args.finetune_from), runs / "finetune", 0.0, 0.0))
+        else:
+            ours = rows[-1]
+            # its time includes ours': it starts from ours' trained head
+            rows.append(run_finetune(args, runs / "ours" / "best.pt", runs / "finetune", ours["wall_s"],
+                                     ours["cpu_s"]))
+            if "ours" not in methods:
+                rows.remove(ours)
         print(rows[-1], flush=True)
-        if "ours" not in methods:
-            rows.remove(ours)
 
     base = next((r for r in rows if r["method"] == "course"), None)
     for r in rows:
@@ -190,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         if "test_acc_photos" in r:
             r["test_acc_photos_pct"] = round(100 * r["test_acc_photos"], 1)
         r["time_ratio"] = round(r["wall_s"] / base["wall_s"], 3) if base else None
+        r["cpu_ratio"] = round(r["cpu_s"] / base["cpu_s"], 3) if base else None
     table = format_table(rows, [("method", "method"), ("epochs", "epochs"), ("test_acc_pct", "test acc %"),
                                 ("test_acc_photos_pct", "exported model on photos %"), ("wall_s", "wall time s"),
-                                ("time_ratio", "time vs course"), ("load_before", "load avg before")])
+                                ("time_ratio", "time vs course"), ("cpu_s", "CPU s"), ("cpu_ratio", "CPU vs course"),
+                                ("load_before", "load avg before")])
     print("\n" + table)
     out = {"command": "python benchmarks/bench_transfer.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
            "machine": machine(), "arch": args.arch, "data_dir": args.data_dir, "limit": args.limit,

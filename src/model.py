@@ -58,7 +58,10 @@ class MyModel(nn.Module):
     """Residual CNN for landmark photos: ``[B, 3, H, W]`` (any H, W >= 32) -> logits ``[B, num_classes]``.
 
     ``widths``/``depths``: channels and number of residual blocks of the four stages (stride 1, 2, 2, 2 after a
-    stride-4 stem). The defaults (about 2.8M weights) were chosen by measurement; see README.md.
+    stride-4 stem). The defaults (about 1.5M weights) were chosen by measurement: twice the width (3.4M weights)
+    trained no better on the landmark photos in 30 epochs (README.md). ``dropout`` defaults to the course's 0.7;
+    ``python -m src train`` uses 0.2: with label smoothing and augmentation already regularising, the network
+    reached a lower validation loss in 30 epochs with less dropout.
     """
 
     def __init__(self, num_classes: int = 50, dropout: float = 0.7, widths: Sequence[int] = DEFAULT_WIDTHS,

@@ -572,7 +572,7 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
 # result (README.md, benchmarks/bench_scratch.py); "course" is the course's typical recipe (the baseline);
 # every other arch is a transfer-learning backbone.
 ARCH_DEFAULTS = {
-    "scratch": {"lr": 4e-3, "img_size": 160, "optimizer": "adamw", "weight_decay": 0.01, "scheduler": "onecycle",
+    "scratch": {"lr": 4e-3, "img_size": 192, "optimizer": "adamw", "weight_decay": 0.01, "scheduler": "onecycle",
                 "label_smoothing": 0.1, "dropout": 0.2, "augment": "standard", "batch_size": 16},
     "course": {"lr": 1e-3, "img_size": 224, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
                "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
@@ -602,7 +602,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dropout", type=float, default=None)
     a("--widths", default=None, help="scratch model: channels of the four stages, e.g. 32,64,128,256")
     a("--depths", default=None, help="scratch model: residual blocks per stage, e.g. 1,1,2,1")
-    a("--img-size", type=int, default=None, help="input size in pixels (scratch default 128, others 224)")
+    a("--img-size", type=int, default=None, help="input size in pixels (scratch default 192, others 224)")
     a("--augment", default=None, choices=["standard", "strong", "course"])
     a("--valid-size", type=float, default=0.2)
     a("--workers", type=int, default=-1, help="data loader processes (-1: one per CPU core)")
