@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             train_argv.append("--resume")
         print(f"\n=== {arch}: python -m src train {' '.join(train_argv)}", flush=True)
-        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+               "PYTHONUNBUFFERED": "1"}  # the log shows each epoch as it ends
         started = time.perf_counter()
         interruptions = 0
         while True:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import resource
 import shlex
@@ -123,6 +124,8 @@ def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
            "recipe": f"feature cache ({train_args.n_views or 'default'} views), head: {train_args.optimizer} "
                      f"lr {train_args.lr}, wd {train_args.weight_decay}, {train_args.scheduler}, label smoothing "
                      f"{train_args.label_smoothing}"}
+    history = json.loads((out / "history.json").read_text())
+    row["head_train_s"] = round(sum(h["seconds"] for h in history), 1)  # the rest: feature extraction, test
     row["test_acc_photos"] = _photo_test_accuracy(out / "best.pt", args)
     return row
 

@@ -572,8 +572,8 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
 # result (README.md, benchmarks/bench_scratch.py); "course" is the course's typical recipe (the baseline);
 # every other arch is a transfer-learning backbone.
 ARCH_DEFAULTS = {
-    "scratch": {"lr": 4e-3, "img_size": 192, "optimizer": "adamw", "weight_decay": 0.01, "scheduler": "onecycle",
-                "label_smoothing": 0.1, "dropout": 0.2, "augment": "standard", "batch_size": 16},
+    "scratch": {"lr": 4e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 0.01, "scheduler": "onecycle",
+                "label_smoothing": 0.1, "dropout": 0.2, "augment": "course", "batch_size": 16},
     "course": {"lr": 1e-3, "img_size": 224, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
                "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
     "transfer": {"lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine",
@@ -602,7 +602,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dropout", type=float, default=None)
     a("--widths", default=None, help="scratch model: channels of the four stages, e.g. 32,64,128,256")
     a("--depths", default=None, help="scratch model: residual blocks per stage, e.g. 1,1,2,1")
-    a("--img-size", type=int, default=None, help="input size in pixels (scratch default 192, others 224)")
+    a("--img-size", type=int, default=None, help="input size in pixels (default 224)")
     a("--augment", default=None, choices=["standard", "strong", "course"])
     a("--valid-size", type=float, default=0.2)
     a("--workers", type=int, default=-1, help="data loader processes (-1: one per CPU core)")
@@ -621,6 +621,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     # transfer learning
     a("--unfreeze", type=int, default=0, help="transfer: number of backbone stages to fine-tune (0: head only)")
     a("--weights", default="DEFAULT", help="transfer: torchvision weights name for the backbone")
+    a("--weights-path", default=None,
+      help="transfer: a local weights file (state dict) for the backbone instead of downloading it")
     a("--feature-cache", action=argparse.BooleanOptionalAction, default=True,
       help="transfer with a frozen backbone: compute backbone features once and train the head on them")
     a("--n-views", type=int, default=None,
@@ -652,6 +654,8 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"unfreeze": args.unfreeze, "weights": args.weights}
     if args.dropout is not None:
         kwargs["dropout"] = args.dropout
+    if getattr(args, "weights_path", None):
+        kwargs["weights_path"] = args.weights_path
     return kwargs
 
 
@@ -693,6 +697,7 @@ def run_training(args: argparse.Namespace) -> dict:
     saved_kwargs = dict(model_kwargs)
     if args.arch not in SCRATCH_ARCHS:
         saved_kwargs["weights"] = None  # a rebuild takes the weights from the checkpoint, never downloads
+        saved_kwargs.pop("weights_path", None)  # ... nor reads the local weights file again
     train_module = model
     if args.arch not in SCRATCH_ARCHS and args.feature_cache and args.unfreeze == 0:
         from .transfer import get_feature_loaders  # noqa: PLC0415

@@ -190,7 +190,7 @@ def test_real_resnet18_weights_when_cached():
 
 class _Args:
     img_size = 32
-    n_views = 3
+    n_views = 2
     batch_size = 8
     workers = 0
     seed = 0
@@ -217,7 +217,7 @@ def test_feature_cache_is_reused_and_rebuilt_when_data_changes(tiny_dataset, cou
     loaders = get_feature_loaders(model, data, _Args())
     assert len(count_extractions) == 3
     train = loaders["train"].dataset
-    assert train.features.shape == (len(data.train), 3, model.num_features)
+    assert train.features.shape == (len(data.train), 2, model.num_features)
     assert not train.from_cache and train.cache_path.parent == data.cache_dir / "features"
     x, y = next(iter(loaders["train"]))
     assert x.dtype == torch.float32 and x.shape[1] == model.num_features and y.dtype == torch.long
