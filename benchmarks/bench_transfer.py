@@ -6,11 +6,13 @@
     batch norms follow ``model.train()`` as in the course), Adam at 1e-3, batch 32, 2 loader workers, the data
     set's own mean/std, Resize(256) + RandomCrop(224) + flip, photos decoded and run through the whole backbone
     for every image in every epoch; best-by-validation-loss weights tested on the test photos.
-(b) **ours**: ``python -m src train --arch ARCH`` with its defaults: backbone features computed once per photo
-    (plus augmented views of the training photos) and cached on disk, the head trained on them. The feature
-    cache is deleted first, so the time includes extracting every feature.
-(c) **fine-tuned**: ours, then its last ``--unfreeze`` backbone stages trained too, on photos, at a tenth of the
-    head's learning rate, starting from (b)'s trained head; its time includes (b)'s.
+(b) **ours**: ``python -m src train --arch ARCH`` with its defaults. For efficientnet_lite0: the frozen first
+    stages run once per photo (plus 2 augmented views of each training photo), their activations are cached
+    on disk, and the last 2 stages and the head train on them (``--unfreeze 2``); other backbones: the head
+    on cached features. The feature cache is deleted first, so the time includes computing every activation.
+(c) **fine-tuned**: ours, then its last ``--unfreeze`` backbone stages trained on photos with fresh
+    augmentation every epoch, at a tenth of the head's learning rate, starting from (b)'s weights; its time
+    includes (b)'s.
 
 Every method trains through ``src.train.optimize``. Prints test accuracy, wall time and the ratio to the course
 method; writes ``benchmarks/results/NAME.json`` (default ``bench_transfer``). The CPU may be shared with other
@@ -105,8 +107,10 @@ def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
     data = load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed)
     for stale in (data.cache_dir / "features").glob(f"{args.arch}-*.pt"):
         stale.unlink()
-    train_argv = ["--arch", args.arch, "--epochs", str(args.ours_epochs), "--limit", str(args.limit),
-                  "--workers", str(args.workers), "--seed", str(args.seed), "--out", str(out)] + extra
+    train_argv = ["--arch", args.arch, "--limit", str(args.limit), "--workers", str(args.workers),
+                  "--seed", str(args.seed), "--out", str(out)] + extra
+    if args.ours_epochs:
+        train_argv += ["--epochs", str(args.ours_epochs)]
     if args.data_dir:
         train_argv += ["--data-dir", args.data_dir]
     parser = argparse.ArgumentParser()
@@ -117,12 +121,13 @@ def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
     started, cpu_before = time.perf_counter(), _cpu_seconds()
     result = run_training(train_args)
     wall = time.perf_counter() - started
-    row = {"method": method, "epochs": args.ours_epochs, "test_acc": result["test_acc"],
+    row = {"method": method, "epochs": result["epochs"], "test_acc": result["test_acc"],
            "n_test": result["n_test"], "best_epoch": result["best_epoch"], "wall_s": round(wall, 1),
            "cpu_s": round(_cpu_seconds() - cpu_before, 1),
            "load_before": load_before, "load_after": _load(), "train_argv": train_argv,
-           "recipe": f"feature cache ({train_args.n_views or 'default'} views), head: {train_args.optimizer} "
-                     f"lr {train_args.lr}, wd {train_args.weight_decay}, {train_args.scheduler}, label smoothing "
+           "recipe": f"cached activations ({train_args.n_views or 'default'} views), last {train_args.unfreeze} "
+                     f"stages at {train_args.backbone_lr_scale:g}x and head: {train_args.optimizer} lr "
+                     f"{train_args.lr}, wd {train_args.weight_decay}, {train_args.scheduler}, label smoothing "
                      f"{train_args.label_smoothing}"}
     history = json.loads((out / "history.json").read_text())
     row["head_train_s"] = round(sum(h["seconds"] for h in history), 1)  # the rest: feature extraction, test
@@ -163,7 +168,7 @@ def run_finetune(args, init: Path, out: Path, previous_s: float, previous_cpu_s:
             "test_acc": test["accuracy"], "test_acc_photos": test["accuracy"], "n_test": test["count"],
             "best_epoch": min(history, key=lambda h: h["valid_loss"])["epoch"], "finetune_s": round(wall, 1),
             "wall_s": round(wall + previous_s, 1), "cpu_s": round(cpu + previous_cpu_s, 1), "load_before": load_before, "load_after": _load(),
-            "recipe": f"from ours' head; last {args.unfreeze} stages at {args.finetune_lr / 10:g}, head at "
+            "recipe": f"from ours; last {args.unfreeze} stages at {args.finetune_lr / 10:g}, head at "
                       f"{args.finetune_lr:g}, AdamW wd 1e-4, cosine, label smoothing 0.1, standard augmentation, "
                       f"channels-last"}
 
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--arch", default="efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the course method")
-    parser.add_argument("--ours-epochs", type=int, default=30, help="epochs of head training on cached features")
+    parser.add_argument("--ours-epochs", type=int, default=None,
+                        help="epochs of training on cached activations (default: the CLI's)")
     parser.add_argument("--ours-args", default="", help="extra `python -m src train` arguments for ours")
     parser.add_argument("--unfreeze", type=int, default=3, help="fine-tuned: backbone stages to train")
     parser.add_argument("--finetune-epochs", type=int, default=8)

@@ -236,8 +236,9 @@ TRANSFER = [
 
 A network trained on ImageNet's 1.3 million photos already knows edges, textures, windows, arches and domes. Here
 that knowledge is reused: its last layer is replaced by a new one for our 50 landmarks, trained on our photos in
-two ways, with the pretrained part frozen (fast) and with its last stages fine-tuned too (slow). The better of the
-two is exported to `checkpoints/transfer_exported.pt`, the model the app prefers.
+two ways, with the whole pretrained part frozen, and with its last two stages fine-tuned too. Both are fast on a
+CPU because the frozen part runs only once per photo. The better of the two (by validation loss) is exported to
+`checkpoints/transfer_exported.pt`, the model the app prefers.
 
 Each step is one call into `src/`; `python -m src train --arch efficientnet_lite0` and `python -m src export` do
 the same from the command line.
@@ -249,11 +250,11 @@ from src.helpers import CHECKPOINTS_DIR, get_device, is_quick_mode
 QUICK = is_quick_mode()              # LANDMARK_QUICK=1: the test suite's smoke run
 DATA_DIR = None                      # None: $LANDMARK_DATA, else data/landmark_images (downloaded when missing)
 ARCH = "efficientnet_lite0"          # or a torchvision model, e.g. "resnet18" (see section 6)
-EPOCHS = 1 if QUICK else 30          # head on cached features: each epoch is quick
-FINETUNE_EPOCHS = 1 if QUICK else 5  # every epoch runs the backbone on every photo: slow without a GPU
+EPOCHS = 1 if QUICK else 30          # head on cached features: each epoch takes a second
+FINETUNE_EPOCHS = 1 if QUICK else 15 # last stages + head on cached activations: a few seconds per epoch
 UNFREEZE = 2                         # backbone stages trained when fine-tuning, counted from the end
 IMG_SIZE = 96 if QUICK else 224
-N_VIEWS = 2 if QUICK else 5          # cached views per training photo: the plain one and N-1 augmented
+N_VIEWS = 2 if QUICK else 3          # cached views per training photo: the plain one and N-1 augmented
 LIMIT = 30 if QUICK else -1          # at most this many photos per split (-1: all)
 WORKERS = 0 if QUICK else -1         # decoding processes (-1: one per CPU core)
 EXPORT_PATH = CHECKPOINTS_DIR / "transfer_exported.pt"
@@ -308,30 +309,39 @@ backbone over the photos. The cache is keyed by the photos, the weights and the 
 it, a change rebuilds it.
 
 The frozen backbone also stays in evaluation mode: its batch norms keep ImageNet's statistics instead of
-drifting with each batch. The head is trained with AdamW, a cosine schedule with warmup, and label smoothing
-(`ARCH_DEFAULTS["transfer"]` in `src/train.py`)."""),
+drifting with each batch. The head is trained with AdamW at 3e-3, a one-cycle schedule and label smoothing
+(`ARCH_DEFAULTS["efficientnet_lite0"]` in `src/train.py`); `unfreeze=0` keeps the whole backbone frozen."""),
     ("code", """\
 %%time
 from src.notebook import train_args
 from src.train import run_training
 
 common = dict(arch=ARCH, img_size=IMG_SIZE, limit=LIMIT, workers=WORKERS, data_dir=DATA_DIR)
-fast = run_training(train_args(**common, epochs=EPOCHS, n_views=N_VIEWS, out=CHECKPOINTS_DIR / "transfer"))"""),
+fast = run_training(train_args(**common, epochs=EPOCHS, n_views=N_VIEWS, unfreeze=0, lr=3e-3,
+                               out=CHECKPOINTS_DIR / "transfer"))"""),
     ("code", """\
 from src.train import load_checkpoint, plot_history
 
 plot_history(load_checkpoint(CHECKPOINTS_DIR / "transfer" / "best.pt")["history"]);"""),
     ("md", """\
-## 3. Fine-tuning
+## 3. Fine-tuning the last stages, still on cached activations
 
 The second model trains a new head together with the last `UNFREEZE` stages of the backbone (for
-EfficientNet-Lite0, 2 means its last block stage and its final 1×1 convolution), these at a tenth of the head's
-learning rate so that the pretrained weights are adjusted, not overwritten; the earlier stages stay frozen. The
-features now change with every step, so nothing can be cached: every epoch runs the backbone on every photo,
-with the usual augmentation. This is the slow path: use a GPU if there is one."""),
+EfficientNet-Lite0, 2 means its last block, 192 -> 320 channels, and its final 1×1 convolution), these at a third
+of the head's learning rate so that the pretrained weights are adjusted, not overwritten. This is what
+`python -m src train --arch efficientnet_lite0` does by default.
+
+The stages before them stay frozen, so *their* output for a photo never changes either: it is computed once and
+cached (the 192 x 7 x 7 activations entering the last block, instead of the 1280 pooled features), and only the
+last stages and the head run in each epoch, about 5 % of the network. The batch norms of the trained stages keep
+their ImageNet statistics (their scale and shift still learn). On the 13 development landmarks this raised test
+accuracy from about 83 % to about 87 % for a few extra seconds per epoch (README.md).
+
+Fine-tuning more of the network with fresh augmentation every epoch (`--unfreeze 3 --no-feature-cache`) runs the
+whole backbone on every photo in every epoch: the slow path, worth it on a GPU."""),
     ("code", """\
 %%time
-finetuned = run_training(train_args(**common, epochs=FINETUNE_EPOCHS, unfreeze=UNFREEZE,
+finetuned = run_training(train_args(**common, epochs=FINETUNE_EPOCHS, n_views=N_VIEWS, unfreeze=UNFREEZE,
                                     out=CHECKPOINTS_DIR / "transfer_finetuned"))"""),
     ("code", """\
 plot_history(load_checkpoint(CHECKPOINTS_DIR / "transfer_finetuned" / "best.pt")["history"]);"""),

@@ -572,13 +572,20 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
 # result (README.md, benchmarks/bench_scratch.py); "course" is the course's typical recipe (the baseline);
 # every other arch is a transfer-learning backbone.
 ARCH_DEFAULTS = {
-    "scratch": {"lr": 4e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 0.01, "scheduler": "onecycle",
-                "label_smoothing": 0.1, "dropout": 0.2, "augment": "course", "batch_size": 16},
-    "course": {"lr": 1e-3, "img_size": 224, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
-               "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
-    "transfer": {"lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine",
-                 "label_smoothing": 0.1, "dropout": None, "augment": "standard", "batch_size": 32},
+    "scratch": {"epochs": 30, "lr": 4e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 0.01,
+                "scheduler": "onecycle", "label_smoothing": 0.1, "dropout": 0.2, "augment": "course",
+                "batch_size": 16},
+    "course": {"epochs": 30, "lr": 1e-3, "img_size": 224, "optimizer": "adam", "weight_decay": 0.0,
+               "scheduler": "none", "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
+    "transfer": {"epochs": 10, "lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4,
+                 "scheduler": "cosine", "label_smoothing": 0.1, "dropout": None, "augment": "standard",
+                 "batch_size": 32, "backbone_lr_scale": 0.1},
+    # its last 2 stages and the head, on cached activations (benchmarks/bench_transfer.py, README.md)
+    "efficientnet_lite0": {"epochs": 15, "lr": 3e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4,
+                           "scheduler": "onecycle", "label_smoothing": 0.1, "dropout": None, "augment": "standard",
+                           "batch_size": 32, "backbone_lr_scale": 0.33},
 }
+OFFLINE_UNFREEZE = 2  # default --unfreeze of efficientnet_lite0
 RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_only", "compile", "command", "tta",
                      "topk"}
 
@@ -590,7 +597,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
            "learning (e.g. resnet18, efficientnet_b0)")
     a("--data-dir", default=None, help="data folder or zip (default: $LANDMARK_DATA, else data/landmark_images)")
     a("--out", default=None, help="output folder for best.pt, last.pt, history (default: checkpoints/ARCH)")
-    a("--epochs", type=int, default=30)
+    a("--epochs", type=int, default=None, help="default: 30 (scratch, course), 15 (efficientnet_lite0), 10 (others)")
     a("--batch-size", type=int, default=None)
     a("--lr", type=float, default=None, help="peak learning rate")
     a("--optimizer", default=None, choices=["sgd", "adam", "adamw", "SGD", "Adam", "AdamW"])
@@ -619,7 +626,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tta", action=argparse.BooleanOptionalAction, default=False,
       help="test-time augmentation: average each test photo's prediction with its mirror image's")
     # transfer learning
-    a("--unfreeze", type=int, default=0, help="transfer: number of backbone stages to fine-tune (0: head only)")
+    a("--unfreeze", type=int, default=None,
+      help="transfer: number of backbone stages to fine-tune (0: head only; default: 2 for efficientnet_lite0, "
+           "trained on cached activations, 0 for the others)")
+    a("--backbone-lr-scale", type=float, default=None,
+      help="transfer: learning rate of the unfrozen backbone stages relative to --lr (default 0.33 for "
+           "efficientnet_lite0, 0.1 for the others)")
     a("--weights", default="DEFAULT", help="transfer: torchvision weights name for the backbone")
     a("--weights-path", default=None,
       help="transfer: a local weights file (state dict) for the backbone instead of downloading it")
@@ -636,6 +648,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.optimizer = args.optimizer.lower()
+    if args.arch not in SCRATCH_ARCHS and getattr(args, "unfreeze", None) is None:
+        # efficientnet_lite0 can be cut before its trainable stages: fine-tuning the last 2 on cached activations
+        # costs little more than a frozen backbone and measured better (README.md); the others train head only.
+        args.unfreeze = OFFLINE_UNFREEZE if args.arch == "efficientnet_lite0" else 0
     if args.out is None:
         args.out = str(CHECKPOINTS_DIR / args.arch)
     return args
@@ -699,12 +715,18 @@ def run_training(args: argparse.Namespace) -> dict:
         saved_kwargs["weights"] = None  # a rebuild takes the weights from the checkpoint, never downloads
         saved_kwargs.pop("weights_path", None)  # ... nor reads the local weights file again
     train_module = model
-    if args.arch not in SCRATCH_ARCHS and args.feature_cache and args.unfreeze == 0:
-        from .transfer import get_feature_loaders  # noqa: PLC0415
+    if args.arch not in SCRATCH_ARCHS and args.backbone_lr_scale is not None:
+        model.backbone_lr_scale = float(args.backbone_lr_scale)
+    split = model.cache_split() if args.arch not in SCRATCH_ARCHS and args.feature_cache else None
+    if split is not None:
+        # The frozen start of the backbone runs once per photo (and view); only its trainable end and the head
+        # train, on the cached activations. Training them trains `model` (the same modules).
+        from .transfer import CachedActivationModel, get_feature_loaders  # noqa: PLC0415
 
         args.mean, args.std = mean, std
         loaders = get_feature_loaders(model, data, args)
-        train_module = model.head
+        train_module = (model.head if args.unfreeze == 0
+                        else CachedActivationModel(split[1], model.head, model.backbone_lr_scale))
     else:
         loaders = get_data_loaders(batch_size=args.batch_size, valid_size=args.valid_size, num_workers=args.workers,
                                    limit=args.limit, img_size=args.img_size, mean=mean, std=std, seed=args.seed,

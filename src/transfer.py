@@ -46,7 +46,7 @@ LITE_MEAN = [127.0 / 255.0] * 3
 LITE_STD = [128.0 / 255.0] * 3
 # Smaller learning rate for unfrozen backbone stages: they start from good weights and must not be wrecked.
 BACKBONE_LR_SCALE = 0.1
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2
 # Views per training photo in the feature cache (the plain center crop + 2 augmented). Measured on landmarks13
 # with efficientnet_lite0 (README.md): 1, 2, 3 and 5 views, sampling one view per epoch or using all, all gave
 # 82-85% test accuracy (within the noise of 204 test photos); extraction time grows with the views, so few.
@@ -183,19 +183,22 @@ class EfficientNetLite0(nn.Module):
         """An eval-only copy with every batch norm folded into the convolution before it (same outputs to
         ~1e-5, about a third faster on a CPU: batch norm is a full pass over memory)."""
         fused = copy.deepcopy(self).eval()
-
-        def fold(owner: nn.Module, conv: str, bn: str) -> None:
-            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
-            setattr(owner, bn, nn.Identity())
-
-        fold(fused, "_conv_stem", "_bn0")
-        fold(fused, "_conv_head", "_bn1")
+        _fold(fused, "_conv_stem", "_bn0")
+        _fold(fused, "_conv_head", "_bn1")
         for block in fused._blocks:
-            if block.has_expand:
-                fold(block, "_expand_conv", "_bn0")
-            fold(block, "_depthwise_conv", "_bn1")
-            fold(block, "_project_conv", "_bn2")
+            _fold_mbconv(block)
         return fused
+
+    def split(self, unfreeze: int) -> tuple[nn.Module, nn.Module] | None:
+        """``(start, end)`` with ``end(start(x)) == self(x)``, ``end`` made of the last ``unfreeze`` stages (see
+        :meth:`stages`; at least 1) and sharing this network's modules, so training ``end`` trains this network.
+        None when every stage trains (nothing to cache)."""
+        if not 1 <= unfreeze < len(self.stage_sizes) + 2:
+            return None
+        n_end_blocks = sum(self.stage_sizes[len(self.stage_sizes) - (unfreeze - 1):]) if unfreeze > 1 else 0
+        cut = len(self._blocks) - n_end_blocks
+        return (LitePart(self, 0, cut, with_stem=True, with_head=False),
+                LitePart(self, cut, len(self._blocks), with_stem=False, with_head=True))
 
     def stages(self) -> list[list[nn.Module]]:
         """Stem, the 7 block stages, and the 1x1 head conv: what ``unfreeze=k`` counts from the end."""
@@ -206,6 +209,45 @@ class EfficientNetLite0(nn.Module):
             start += size
         out.append([self._conv_head, self._bn1])
         return out
+
+
+def _fold(owner: nn.Module, conv: str, bn: str) -> None:
+    """Fold ``owner.<bn>`` into ``owner.<conv>`` (eval only) and drop the batch norm."""
+    if isinstance(getattr(owner, bn), nn.BatchNorm2d):
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, nn.Identity())
+
+
+def _fold_mbconv(block: MBConvBlock) -> None:
+    if block.has_expand:
+        _fold(block, "_expand_conv", "_bn0")
+    _fold(block, "_depthwise_conv", "_bn1")
+    _fold(block, "_project_conv", "_bn2")
+
+
+class LitePart(nn.Module):
+    """Blocks ``[start, stop)`` of an :class:`EfficientNetLite0`, with its stem in front when ``with_stem`` and its
+    head convolution and pooling behind when ``with_head``. Shares the network's modules."""
+
+    def __init__(self, net: EfficientNetLite0, start: int, stop: int, with_stem: bool, with_head: bool):
+        super().__init__()
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6()) if with_stem else nn.Identity()
+        self.blocks = nn.Sequential(*net._blocks[start:stop])
+        self.head = (nn.Sequential(net._conv_head, net._bn1, nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                     if with_head else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    def fold_batchnorm(self) -> "LitePart":
+        """An eval-only copy with the batch norms folded (see :meth:`EfficientNetLite0.fold_batchnorm`)."""
+        fused = copy.deepcopy(self).eval()
+        for seq in (fused.stem, fused.head):
+            if isinstance(seq, nn.Sequential):
+                _fold(seq, "0", "1")
+        for block in fused.blocks:
+            _fold_mbconv(block)
+        return fused
 
 
 def efficientnet_lite0_weights_file() -> Path:
@@ -449,6 +491,16 @@ class TransferModel(nn.Module):
                 p.requires_grad_(True)
         self.train(self.training)
 
+    def cache_split(self) -> tuple[nn.Module, nn.Module] | None:
+        """``(start, end)`` of the backbone for training on cached activations: ``start`` is frozen (its outputs
+        can be computed once and cached), ``end`` holds every trainable backbone stage and shares this model's
+        modules. Head only: ``(backbone, Identity)``. None when the backbone cannot be cut before its trainable
+        stages (then fine-tuning decodes and runs the whole network every epoch)."""
+        if self.unfreeze == 0:
+            return self.backbone, nn.Identity()
+        split = getattr(self.backbone, "split", None)
+        return split(self.unfreeze) if callable(split) else None
+
     def is_frozen(self) -> bool:
         """True when only the head trains (the backbone's features never change: they can be cached)."""
         return not any(p.requires_grad for p in self.backbone.parameters())
@@ -498,6 +550,38 @@ class _TracedTransferModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+class CachedActivationModel(nn.Module):
+    """What trains on cached activations: the trainable end of a :class:`TransferModel`'s backbone and its head
+    (the same modules: training this trains the model). ``end`` trains at ``learning_rate * backbone_lr_scale``.
+
+    Its batch norms keep their pretrained statistics (their scale and shift still train): statistics of batches
+    of a few hundred photos are noisier than ImageNet's, and the cached inputs never change.
+    """
+
+    def __init__(self, end: nn.Module, head: nn.Module, backbone_lr_scale: float = BACKBONE_LR_SCALE):
+        super().__init__()
+        self.end = end
+        self.head = head
+        self.backbone_lr_scale = float(backbone_lr_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.end(x))
+
+    def train(self, mode: bool = True) -> "CachedActivationModel":
+        super().train(mode)
+        for module in self.end.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def param_groups(self, learning_rate: float) -> list[dict]:
+        groups = [{"params": list(self.head.parameters()), "lr": learning_rate, "name": "head"}]
+        end = [p for p in self.end.parameters() if p.requires_grad]
+        if end:
+            groups.append({"params": end, "lr": learning_rate * self.backbone_lr_scale, "name": "backbone"})
+        return groups
 
 
 def get_model_transfer_learning(model_name: str = "resnet18", n_classes: int = 50, weights: str | None = "DEFAULT",
@@ -645,7 +729,7 @@ def extract_features(backbone: nn.Module, samples, plain, augment, n_views: int 
             if views is not None:
                 b, v = views.shape[:2]
                 out = backbone(views.flatten(0, 1).to(device).contiguous(memory_format=torch.channels_last))
-                feats.append(out.float().cpu().view(b, v, -1))
+                feats.append(out.float().cpu().contiguous().view(b, v, *out.shape[1:]))
                 labels.append(y)
             bar.update((len(y) + n_bad) * n_views)
     if not feats:
@@ -695,6 +779,7 @@ def feature_cache_key(model: TransferModel, data, img_size: int, n_views: int, s
         "img_size": int(img_size),
         "n_views": int(n_views),
         "seed": int(seed),
+        "unfreeze": int(getattr(model, "unfreeze", 0)),  # where the backbone is cut: what the cache holds
     }
     key = hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return key, parts
@@ -705,7 +790,11 @@ def compute_feature_cache(model: TransferModel, data, img_size: int = 224, n_vie
                           device=None, rebuild: bool = False) -> dict:
     """Features of every split from the cache file, computing (and atomically saving) them when missing.
 
-    Returns ``{"train": (feats [N, n_views, F], labels), "valid": (feats [N, 1, F], labels), "test": ...,
+    The features are what the frozen start of the backbone outputs (:meth:`TransferModel.cache_split`): pooled
+    features ``[F]`` when only the head trains, the activations ``[C, H, W]`` entering the first trainable stage
+    when the last ``model.unfreeze`` stages train.
+
+    Returns ``{"train": (feats [N, n_views, ...], labels), "valid": (feats [N, 1, ...], labels), "test": ...,
     "path": cache file, "from_cache": bool}``. The cache lives in ``data.cache_dir / "features"``.
 
     In a torchrun job every process extracts its contiguous block of each split, the blocks are gathered in
@@ -714,9 +803,15 @@ def compute_feature_cache(model: TransferModel, data, img_size: int = 224, n_vie
     """
     from .data import resize_size_for  # noqa: PLC0415
 
+    split = model.cache_split()
+    if split is None:
+        raise ValueError(f"{model.model_name}: the backbone cannot be cut before its last {model.unfreeze} stages; "
+                         "train it without the feature cache")
+    start = split[0]
     plain, aug = feature_transforms(img_size, model.mean, model.std, augment)
     key, parts = feature_cache_key(model, data, img_size, n_views, seed, f"{plain!r}|{aug!r}")
-    name = f"{parts['backbone']}-{img_size}px-{n_views}v-{key[:16]}.pt"
+    cut = f"-u{model.unfreeze}" if model.unfreeze else ""
+    name = f"{parts['backbone']}-{img_size}px-{n_views}v{cut}-{key[:16]}.pt"
     path = Path(data.cache_dir) / "features" / name
     hit = None
     if path.exists() and not rebuild:
@@ -732,11 +827,11 @@ def compute_feature_cache(model: TransferModel, data, img_size: int = 224, n_vie
         return hit
     draft = resize_size_for(img_size)
     out = {}
-    for split, samples, views in (("train", data.train, n_views), ("valid", data.valid, 1), ("test", data.test, 1)):
+    for part, samples, views in (("train", data.train, n_views), ("valid", data.valid, 1), ("test", data.test, 1)):
         share = block_range(len(samples)) if is_distributed() else None
-        out[split] = extract_features(model.backbone, samples, plain, aug, views, batch_size, workers, seed, draft,
-                                      device, desc=f"Features {split} ({views} view{'s' * (views > 1)})",
-                                      indices=share)
+        out[part] = extract_features(start, samples, plain, aug, views, batch_size, workers, seed, draft,
+                                     device, desc=f"Features {part} ({views} view{'s' * (views > 1)})",
+                                     indices=share)
     if is_distributed():
         out = {s: _join_blocks(all_gather_object((f.half(), y))) for s, (f, y) in out.items()}
     # float16 on disk halves the file; the features are post-activation averages, well within its precision.

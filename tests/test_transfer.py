@@ -11,6 +11,7 @@ from torch import nn
 
 from src import transfer
 from src.data import load_landmark_data, scan_split
+from src.optimization import get_optimizer
 from src.helpers import quiet_torchscript
 from src.images import open_image
 from src.transfer import (
@@ -309,9 +310,11 @@ def test_course_model_keeps_the_course_behaviour():
 
 
 @pytest.mark.slow
-def test_cli_trains_the_head_on_cached_features_and_exports(tiny_dataset, tmp_path):
-    """`python -m src train --arch efficientnet_lite0`: the head trains on cached features, and the saved network
-    (backbone + head, rebuilt offline) scores the same on the test photos and exports to TorchScript."""
+@pytest.mark.parametrize("unfreeze", [0, None])
+def test_cli_trains_on_cached_features_and_exports(tiny_dataset, tmp_path, unfreeze):
+    """`python -m src train --arch efficientnet_lite0`: the head (--unfreeze 0) or, by default, the last 2 stages
+    and the head train on cached activations, and the saved network (backbone + head, rebuilt offline) scores the
+    same on the test photos and exports to TorchScript."""
     from src.__main__ import main
     from src.data import get_data_loaders
     from src.optimization import get_loss
@@ -321,11 +324,26 @@ def test_cli_trains_the_head_on_cached_features_and_exports(tiny_dataset, tmp_pa
     out = tmp_path / "run"
     argv = ["train", "--arch", OFFLINE_ARCH, "--data-dir", str(tiny_dataset), "--epochs", "4", "--img-size", "64",
             "--n-views", "2", "--workers", "0", "--batch-size", "8", "--lr", "3e-3", "--out", str(out)]
+    if unfreeze is not None:
+        argv += ["--unfreeze", str(unfreeze)]
     assert main(argv) == 0
-    assert list((load_landmark_data(tiny_dataset).cache_dir / "features").glob(f"{OFFLINE_ARCH}-64px-2v-*.pt"))
+    cut = "" if unfreeze == 0 else "u2-"
+    [cache] = (load_landmark_data(tiny_dataset).cache_dir / "features").glob(f"{OFFLINE_ARCH}-64px-2v-{cut}*.pt")
+    cached = torch.load(cache, weights_only=True)["train"]["features"]
+    # head only: pooled features; default: the 192-channel maps entering the last block (64 px -> 2x2)
+    assert cached.shape[1:] == ((2, 1280) if unfreeze == 0 else (2, 192, 2, 2))
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["mean"] == pytest.approx(LITE_MEAN) and ckpt["model_kwargs"]["weights"] is None
+    assert ckpt["model_kwargs"]["unfreeze"] == (0 if unfreeze == 0 else 2)
     model = build_model_from_checkpoint(ckpt)
+    pretrained = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3).backbone.state_dict()
+    trained = model.backbone.state_dict()
+    changed = {k for k in pretrained if not torch.equal(pretrained[k], trained[k])}
+    if unfreeze == 0:
+        assert not changed
+    else:  # only the last block stage and the head convolution trained; batch-norm statistics kept
+        assert changed and all(k.startswith(("_blocks.15.", "_conv_head", "_bn1.")) for k in changed), changed
+        assert not any("running" in k for k in changed)
     loaders = get_data_loaders(batch_size=8, num_workers=0, img_size=64, mean=ckpt["mean"], std=ckpt["std"],
                                data=load_landmark_data(tiny_dataset))
     on_photos = one_epoch_test(loaders["test"], model, get_loss(), verbose=False)["accuracy"]
@@ -337,6 +355,47 @@ def test_cli_trains_the_head_on_cached_features_and_exports(tiny_dataset, tmp_pa
     predictor = Predictor(model, ckpt["class_names"], ckpt["mean"], ckpt["std"], img_size=64, arch=OFFLINE_ARCH)
     export_torchscript(predictor, tmp_path / "transfer_exported.pt")
     assert (tmp_path / "transfer_exported.pt").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("unfreeze", [0, 1, 2, 3, 8, 9])
+def test_efficientnet_lite0_cut_before_its_trainable_stages(unfreeze):
+    """cache_split(): end(start(x)) is the backbone's output, start is frozen, every trainable backbone parameter
+    is in end (and end shares the model's modules), a batch-norm-folded start gives the same activations."""
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None, unfreeze=unfreeze).eval()
+    split = model.cache_split()
+    if unfreeze == 9:  # every stage trains: nothing to cache
+        assert split is None
+        return
+    start, end = split
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        whole = model.backbone(x)
+        assert torch.allclose(end(start(x)), whole, atol=1e-5)
+        assert torch.allclose(end(transfer.inference_backbone(start)(x)), whole, atol=1e-3, rtol=1e-3)
+    assert not any(p.requires_grad for p in start.parameters())
+    trainable = {id(p) for p in model.backbone.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in end.parameters() if p.requires_grad}
+    assert (unfreeze == 0) == (not trainable)
+
+
+def test_cached_activation_model_trains_the_end_slower_and_keeps_batch_norm_statistics():
+    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None, unfreeze=2)
+    start, end = model.cache_split()
+    top = transfer.CachedActivationModel(end, model.head, backbone_lr_scale=0.25)
+    optimizer = get_optimizer(top, "adamw", learning_rate=0.02)
+    assert sorted(g["lr"] for g in optimizer.param_groups if g["params"]) == [0.005, 0.005, 0.02, 0.02]
+    top.train()
+    bns = [m for m in end.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(bn.training for bn in bns) and end.blocks[0].training  # stochastic depth still on
+    before = bns[0].running_mean.clone()
+    with torch.no_grad():
+        acts = start(torch.randn(4, 3, 64, 64))
+    loss = nn.functional.cross_entropy(top(acts), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    optimizer.step()
+    assert torch.equal(bns[0].running_mean, before)
+    assert model.backbone._blocks[15]._project_conv.weight.grad is not None  # the model's own module trained
+    assert model.backbone._blocks[14]._project_conv.weight.grad is None
 
 
 def test_unfreeze_everything():
