@@ -437,6 +437,17 @@ def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
     return stages
 
 
+def head_and_backbone_groups(head: nn.Module, backbone: nn.Module, learning_rate: float,
+                             backbone_lr_scale: float) -> list[dict]:
+    """Optimizer groups: ``head`` at ``learning_rate``, the trainable parameters of ``backbone`` (if any) at
+    ``learning_rate * backbone_lr_scale``."""
+    groups = [{"params": list(head.parameters()), "lr": learning_rate, "name": "head"}]
+    trainable = [p for p in backbone.parameters() if p.requires_grad]
+    if trainable:
+        groups.append({"params": trainable, "lr": learning_rate * backbone_lr_scale, "name": "backbone"})
+    return groups
+
+
 class TransferModel(nn.Module):
     """A pretrained backbone and a new linear head: ``forward(x) = head(backbone(x))``.
 
@@ -515,11 +526,7 @@ class TransferModel(nn.Module):
 
     def param_groups(self, learning_rate: float) -> list[dict]:
         """The head at ``learning_rate``; unfrozen backbone stages at ``learning_rate * backbone_lr_scale``."""
-        groups = [{"params": list(self.head.parameters()), "lr": learning_rate, "name": "head"}]
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        if backbone:
-            groups.append({"params": backbone, "lr": learning_rate * self.backbone_lr_scale, "name": "backbone"})
-        return groups
+        return head_and_backbone_groups(self.head, self.backbone, learning_rate, self.backbone_lr_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -577,11 +584,7 @@ class CachedActivationModel(nn.Module):
         return self
 
     def param_groups(self, learning_rate: float) -> list[dict]:
-        groups = [{"params": list(self.head.parameters()), "lr": learning_rate, "name": "head"}]
-        end = [p for p in self.end.parameters() if p.requires_grad]
-        if end:
-            groups.append({"params": end, "lr": learning_rate * self.backbone_lr_scale, "name": "backbone"})
-        return groups
+        return head_and_backbone_groups(self.head, self.end, learning_rate, self.backbone_lr_scale)
 
 
 def get_model_transfer_learning(model_name: str = "resnet18", n_classes: int = 50, weights: str | None = "DEFAULT",
