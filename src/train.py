@@ -579,13 +579,13 @@ ARCH_DEFAULTS = {
                "scheduler": "none", "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
     "transfer": {"epochs": 10, "lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4,
                  "scheduler": "cosine", "label_smoothing": 0.1, "dropout": None, "augment": "standard",
-                 "batch_size": 32, "backbone_lr_scale": 0.1},
-    # its last 2 stages and the head, on cached activations (benchmarks/bench_transfer.py, README.md)
+                 "batch_size": 32, "backbone_lr_scale": 0.1, "unfreeze": 0},
+    # its last 2 stages and the head, on cached activations: it can be cut before them, so fine-tuning them costs
+    # little more than a frozen backbone and measured better (benchmarks/bench_transfer.py, README.md)
     "efficientnet_lite0": {"epochs": 15, "lr": 3e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4,
                            "scheduler": "onecycle", "label_smoothing": 0.1, "dropout": None, "augment": "standard",
-                           "batch_size": 32, "backbone_lr_scale": 0.33},
+                           "batch_size": 32, "backbone_lr_scale": 0.33, "unfreeze": 2},
 }
-OFFLINE_UNFREEZE = 2  # default --unfreeze of efficientnet_lite0
 RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_only", "compile", "command", "tta",
                      "topk"}
 
@@ -648,10 +648,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.optimizer = args.optimizer.lower()
-    if args.arch not in SCRATCH_ARCHS and getattr(args, "unfreeze", None) is None:
-        # efficientnet_lite0 can be cut before its trainable stages: fine-tuning the last 2 on cached activations
-        # costs little more than a frozen backbone and measured better (README.md); the others train head only.
-        args.unfreeze = OFFLINE_UNFREEZE if args.arch == "efficientnet_lite0" else 0
     if args.out is None:
         args.out = str(CHECKPOINTS_DIR / args.arch)
     return args
@@ -715,7 +711,7 @@ def run_training(args: argparse.Namespace) -> dict:
         saved_kwargs["weights"] = None  # a rebuild takes the weights from the checkpoint, never downloads
         saved_kwargs.pop("weights_path", None)  # ... nor reads the local weights file again
     train_module = model
-    if args.arch not in SCRATCH_ARCHS and args.backbone_lr_scale is not None:
+    if args.arch not in SCRATCH_ARCHS:
         model.backbone_lr_scale = float(args.backbone_lr_scale)
     split = model.cache_split() if args.arch not in SCRATCH_ARCHS and args.feature_cache else None
     if split is not None:
