@@ -19,9 +19,9 @@ import subprocess
 import sys
 import time
 
-from common import RESULTS_DIR, format_table, machine
+from common import RESULTS_DIR, format_table, save_results
 
-from src.helpers import PROJECT_ROOT, atomic_write_json
+from src.helpers import PROJECT_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ("test_acc_pct", "test acc %"), ("best_epoch", "best epoch"),
                                 ("train_s", "train time s"), ("time_ratio", "time vs course"),
                                 ("cpu_s", "CPU s"), ("cpu_ratio", "CPU vs course")])
-    print("\n" + table)
-    out = {"command": "python benchmarks/bench_scratch.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
-           "machine": machine(), "epochs": args.epochs, "limit": args.limit, "data_dir": args.data_dir,
-           "rows": rows, "table": table}
-    atomic_write_json(RESULTS_DIR / f"{args.name}.json", out)
-    print(f"\nwrote {RESULTS_DIR / (args.name + '.json')}")
+    save_results(args.name, "bench_scratch.py", argv, rows, table, epochs=args.epochs, limit=args.limit,
+                 data_dir=args.data_dir)
     return 0
 
 

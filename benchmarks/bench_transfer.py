@@ -30,12 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS_DIR, format_table, machine
+from common import RESULTS_DIR, format_table, save_results
 
 import torch
 
 from src.data import compute_mean_and_std, get_data_loaders, limit_samples, load_landmark_data
-from src.helpers import atomic_write_json, seed_everything
+from src.helpers import seed_everything
 from src.optimization import get_loss, get_optimizer, get_scheduler
 from src.train import add_train_arguments, build_model_from_checkpoint, load_checkpoint, one_epoch_test, \
     optimize, run_training
@@ -224,12 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ("test_acc_photos_pct", "exported model on photos %"), ("wall_s", "wall time s"),
                                 ("time_ratio", "time vs course"), ("cpu_s", "CPU s"), ("cpu_ratio", "CPU vs course"),
                                 ("load_before", "load avg before")])
-    print("\n" + table)
-    out = {"command": "python benchmarks/bench_transfer.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
-           "machine": machine(), "arch": args.arch, "data_dir": args.data_dir, "limit": args.limit,
-           "rows": rows, "table": table}
-    atomic_write_json(RESULTS_DIR / f"{args.name}.json", out)
-    print(f"\nwrote {RESULTS_DIR / (args.name + '.json')}")
+    save_results(args.name, "bench_transfer.py", argv, rows, table, arch=args.arch, data_dir=args.data_dir,
+                 limit=args.limit)
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Shared benchmark helpers: a description of the machine, and printing a table."""
+"""Shared benchmark helpers: a description of the machine, printing a table, saving the results."""
 from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,3 +35,17 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def save_results(name: str, script: str, argv: list[str] | None, rows: list[dict], table: str, **facts) -> Path:
+    """Print ``table`` and write ``results/NAME.json``: the command that reproduces it, the machine, ``facts``,
+    the rows and the table."""
+    from src.helpers import atomic_write_json  # noqa: PLC0415  (after the sys.path line above)
+
+    print("\n" + table)
+    out = {"command": f"python benchmarks/{script} " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
+           "machine": machine(), **facts, "rows": rows, "table": table}
+    path = RESULTS_DIR / f"{name}.json"
+    atomic_write_json(path, out)
+    print(f"\nwrote {path}")
+    return path
