@@ -1,4 +1,4 @@
-"""Command line: ``python -m src {data,train,export,predict,tag} ...`` (``python -m src CMD --help``)."""
+"""Command line: ``python -m src {data,train,export,predict,tag,evaluate} ...`` (``python -m src CMD --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,8 @@ COMMANDS = {
     "export": ("src.predictor", "add_export_arguments", "export_main", "export a checkpoint to TorchScript (and ONNX)"),
     "predict": ("src.tagging", "add_predict_arguments", "predict_main", "top-k landmarks and location for photos"),
     "tag": ("src.tagging", "add_tag_arguments", "tag_main", "tag every photo in a folder into a CSV"),
+    "evaluate": ("src.tagging", "add_evaluate_arguments", "evaluate_main",
+                 "accuracy of an exported model on the labelled photos of a data set's test/ folder"),
 }
 
 

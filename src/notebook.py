@@ -51,18 +51,18 @@ def benchmark_table(name: str, results_dir: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-# ImageNet top-1 of the EfficientNet-Lite0 checkpoint, as its authors report it (tensorflow/tpu,
+# ImageNet top-1 of the EfficientNet-Lite checkpoints, as their authors report it (tensorflow/tpu,
 # models/official/efficientnet/lite/README.md, FP32); torchvision's models carry theirs in their weights' metadata.
-LITE0_IMAGENET_TOP1 = 75.1
+LITE_IMAGENET_TOP1 = {"efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7, "efficientnet_lite2": 77.6}
 
 
 def _weights_on_disk(name: str) -> bool:
     """True when ``name``'s pretrained weights load without a download (pip package, or torch hub's cache)."""
-    from .transfer import OFFLINE_ARCH, WeightsUnavailableError, efficientnet_lite0_weights_file  # noqa: PLC0415
+    from .transfer import OFFLINE_ARCHS, WeightsUnavailableError, efficientnet_lite_weights_file  # noqa: PLC0415
 
-    if name == OFFLINE_ARCH:
+    if name in OFFLINE_ARCHS:
         try:
-            return efficientnet_lite0_weights_file().is_file()
+            return efficientnet_lite_weights_file(name).is_file()
         except WeightsUnavailableError:
             return False
     import torch.hub  # noqa: PLC0415
@@ -82,7 +82,7 @@ def compare_backbones(names: list[str], img_size: int = 224) -> list[dict]:
     import torch  # noqa: PLC0415
     from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
 
-    from .transfer import OFFLINE_ARCH, get_model_transfer_learning  # noqa: PLC0415
+    from .transfer import get_model_transfer_learning  # noqa: PLC0415
 
     rows = []
     for name in names:
@@ -90,8 +90,8 @@ def compare_backbones(names: list[str], img_size: int = 224) -> list[dict]:
             model = get_model_transfer_learning(name, n_classes=1000, weights=None).eval()
             with FlopCounterMode(display=False) as counter:
                 model(torch.zeros(1, 3, img_size, img_size))
-        if name == OFFLINE_ARCH:
-            top1 = LITE0_IMAGENET_TOP1
+        if name in LITE_IMAGENET_TOP1:
+            top1 = LITE_IMAGENET_TOP1[name]
         else:
             import torchvision.models as tvm  # noqa: PLC0415
 

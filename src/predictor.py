@@ -133,6 +133,32 @@ class Predictor(nn.Module):
         return F.softmax(self.model(self.preprocess(x)), dim=1)
 
 
+class Ensemble(nn.Module):
+    """Several models of the same classes as one: the average of their softmax probabilities.
+
+    ``forward`` returns the log of that average, so the :class:`Predictor` around it (which applies softmax)
+    outputs exactly the averaged probabilities. Members see the same normalised input.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 models, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(0)
+        for i, member in enumerate(self.members):
+            probs = F.softmax(member(x).float(), dim=1)
+            total = probs if i == 0 else total + probs
+        return torch.log(total / len(self.members))
+
+    def scriptable(self, example: torch.Tensor) -> nn.Module:
+        """The same ensemble with each member replaced by its ``scriptable(example)`` form where it has one."""
+        return Ensemble([m.scriptable(example) if callable(getattr(m, "scriptable", None)) else m
+                         for m in self.members])
+
+
 def default_export_path(arch: str) -> Path:
     """``checkpoints/original_exported.pt`` for a from-scratch model, ``checkpoints/transfer_exported.pt`` else."""
     try:
@@ -622,7 +648,9 @@ def suggest_locations(img_path, k: int = 3, model=None, show: bool = True) -> st
 # --------------------------------------------------------------------------------------------------------------
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/scratch/best.pt)")
+    parser.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
+                        help="training checkpoint (e.g. runs/scratch/best.pt); several: export their ensemble (the "
+                             "average of their probabilities)")
     parser.add_argument("--out", default=None,
                         help=f"exported file (default: checkpoints/{SCRATCH_EXPORT_NAME} for a from-scratch model, "
                              f"checkpoints/{TRANSFER_EXPORT_NAME} otherwise)")
@@ -631,19 +659,43 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def predictor_from_checkpoint(checkpoint_path: str | os.PathLike) -> Predictor:
     """A :class:`Predictor` around the model of a training checkpoint (``src.train`` format)."""
+    return predictor_from_checkpoints([checkpoint_path])
+
+
+def predictor_from_checkpoints(checkpoint_paths: Sequence[str | os.PathLike]) -> Predictor:
+    """A :class:`Predictor` around one checkpoint's model, or around the :class:`Ensemble` of several.
+
+    Ensemble members must share classes (in the same order), input normalisation and input size: the exported
+    file runs one preprocessing for all of them. A mismatch raises ``CheckpointError`` naming the file.
+    """
     from .train import CheckpointError, build_model_from_checkpoint, load_checkpoint  # noqa: PLC0415
 
-    ckpt = load_checkpoint(checkpoint_path)
-    try:
-        model = build_model_from_checkpoint(ckpt)
-    except CheckpointError as exc:  # name the file: the checkpoint itself does not know its path
-        raise CheckpointError(f"{checkpoint_path}: {exc}") from None
-    return Predictor(model, ckpt["class_names"], ckpt["mean"], ckpt["std"], ckpt.get("img_size", DEFAULT_IMG_SIZE),
-                     arch=ckpt.get("arch", ""))
+    paths = list(checkpoint_paths)
+    if not paths:
+        raise ValueError("no checkpoint given")
+    models, archs, first = [], [], None
+    for path in paths:
+        ckpt = load_checkpoint(path)
+        archs.append(str(ckpt.get("arch", "")))
+        try:
+            models.append(build_model_from_checkpoint(ckpt))
+        except CheckpointError as exc:  # name the file: the checkpoint itself does not know its path
+            raise CheckpointError(f"{path}: {exc}") from None
+        ckpt["img_size"] = ckpt.get("img_size") or DEFAULT_IMG_SIZE
+        if first is None:
+            first = ckpt
+            continue
+        for key in ("class_names", "mean", "std", "img_size"):
+            if list(np.atleast_1d(ckpt[key])) != list(np.atleast_1d(first[key])):
+                raise CheckpointError(f"{path}: its {key} differs from {paths[0]}'s, so the two cannot be "
+                                      f"ensembled (members share one preprocessing and one list of classes)")
+    arch = archs[0] if len(paths) == 1 else "ensemble:" + "+".join(archs)
+    model = models[0] if len(models) == 1 else Ensemble(models)
+    return Predictor(model, first["class_names"], first["mean"], first["std"], first["img_size"], arch=arch)
 
 
 def export_main(args: argparse.Namespace) -> int:
-    predictor = predictor_from_checkpoint(args.checkpoint)
+    predictor = predictor_from_checkpoints(args.checkpoint)
     out = Path(args.out) if args.out else default_export_path(predictor.arch)
     ensure_writable_dir(out.parent)  # before scripting and checking, which take a while for big models
     report = export_torchscript(predictor, out)

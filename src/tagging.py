@@ -1,4 +1,5 @@
-"""Predicting and tagging photos in bulk: ``python -m src predict`` and ``python -m src tag``.
+"""Predicting and tagging photos in bulk: ``python -m src predict`` and ``python -m src tag``; scoring an exported
+model on labelled photos: ``python -m src evaluate``.
 
 Both commands turn a file into model input the same way (:func:`src.predictor.load_image_tensor`), so a photo
 gets the same answer from either. A file that is not a usable photo gets a one-line error naming it and the
@@ -29,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .helpers import OutputError, atomic_write_text, ensure_writable_dir
+from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir
 from .images import ImageLoadError, is_candidate_image
 from .landmarks import NO_LANDMARK, describe, display_name, format_latlon, landmark_info, xmp_gps_coordinate
 from .predictor import load_exported, load_image_tensor, prepare_for_batch, top_k
@@ -586,3 +587,82 @@ def tag_main(args: argparse.Namespace) -> int:
                         if summary.sidecars_kept else ""))
     print("; ".join(parts))
     return 0 if summary.errors == 0 else 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# evaluate: accuracy of an exported file on labelled photos (what ships, not the training checkpoint)
+# --------------------------------------------------------------------------------------------------------------
+
+def evaluate_exported(model, samples: Sequence[tuple[str | os.PathLike, str]], k: int = 5,
+                      batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                      progress: bool = True) -> dict:
+    """Top-1 and top-``k`` accuracy of an exported model on ``samples`` = ``[(photo path, class folder name)]``.
+
+    Labels are matched to the model's classes by folder name, so the data set's class order does not matter; a
+    class the model does not know raises ``ValueError``. Unreadable photos are counted in ``errors`` (with their
+    one-line reasons), not scored. Returns ``{"accuracy", "topk_accuracy", "k", "count", "errors",
+    "per_class": {folder: accuracy}}``.
+    """
+    class_names = list(model.class_names)
+    unknown = sorted({label for _, label in samples} - set(class_names))
+    if unknown:
+        raise ValueError(f"the model does not know the classes {', '.join(unknown[:5])}"
+                         f"{' ...' if len(unknown) > 5 else ''} (it has {len(class_names)} classes)")
+    k = max(1, min(int(k), len(class_names)))
+    correct, correct_k, errors = 0, 0, []
+    per_class: dict[str, list[int]] = {}
+    labels = [label for _, label in samples]
+    results = iter_predictions(model, [p for p, _ in samples], batch_size, workers, progress=progress,
+                               desc="Evaluating")
+    for label, result in zip(labels, results):
+        if result.probs is None:
+            errors.append(result.error)
+            continue
+        target = class_names.index(label)
+        top = torch.topk(result.probs, k).indices.tolist()
+        hit = top[0] == target
+        correct += hit
+        correct_k += target in top
+        per_class.setdefault(label, [0, 0])
+        per_class[label][0] += hit
+        per_class[label][1] += 1
+    count = sum(n for _, n in per_class.values())
+    return {"accuracy": correct / count if count else 0.0, "topk_accuracy": correct_k / count if count else 0.0,
+            "k": k, "count": count, "errors": errors,
+            "per_class": {name: hits / n for name, (hits, n) in sorted(per_class.items())}}
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="exported model (checkpoints/*_exported.pt)")
+    parser.add_argument("--data-dir", default=None,
+                        help="data folder or zip (default: $LANDMARK_DATA, else data/landmark_images)")
+    parser.add_argument("--split", default="test", choices=["test", "train"],
+                        help="which folder of the data set to score (default: test)")
+    parser.add_argument("-k", type=int, default=5, help="also report top-k accuracy (default 5)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results to this JSON file")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (the best available)")
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    from .data import resolve_data_dir, scan_split  # noqa: PLC0415
+
+    model = load_exported(args.model, device=resolve_device(args.device), optimize=True)
+    split_dir = resolve_data_dir(args.data_dir) / args.split
+    found = scan_split(split_dir)
+    class_folders = sorted({p.parent.name for p, _ in found})
+    samples = [(p, p.parent.name) for p, _ in found]
+    if not samples:
+        raise ValueError(f"{split_dir}: no photos")
+    result = evaluate_exported(model, samples, k=args.k, batch_size=args.batch_size)
+    for error in result["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    width = max(len(display_name(c)) for c in class_folders)
+    for name, accuracy in result["per_class"].items():
+        print(f"  {display_name(name):<{width}}  {accuracy:6.1%}")
+    print(f"{args.split.capitalize()} accuracy of {args.model}: {result['accuracy']:.1%} "
+          f"(top-{result['k']} {result['topk_accuracy']:.1%}) on {result['count']} photos in {split_dir}"
+          + (f"; {len(result['errors'])} unreadable" if result["errors"] else ""))
+    if args.json:
+        atomic_write_json(args.json, {"model": str(args.model), "split_dir": str(split_dir), **result})
+    return 0

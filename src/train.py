@@ -371,11 +371,13 @@ def plot_history(history: list[dict], path: str | os.PathLike | None = None, fig
     for ax in (ax_loss, ax_acc):
         ax.clear()
     epochs = [h["epoch"] for h in history]
+    validated = [h for h in history if h.get("valid_loss") is not None]  # none with --valid-size 0
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["valid_loss"] for h in history], "o-", label="valid")
-    ax_loss.set(title="Loss", xlabel="epoch")
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["valid_acc"] for h in history], "o-", label="valid")
+    if validated:
+        ax_loss.plot([h["epoch"] for h in validated], [h["valid_loss"] for h in validated], "o-", label="valid")
+        ax_acc.plot([h["epoch"] for h in validated], [h["valid_acc"] for h in validated], "o-", label="valid")
+    ax_loss.set(title="Loss", xlabel="epoch")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -526,14 +528,19 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
         sync_buffers(model)  # distributed: every process validates with rank 0's batch-norm statistics (saved)
         valid = evaluate(data_loaders["valid"], forward_model, loss, topk=5, amp=amp, channels_last=channels_last,
                          desc=f"Epoch {epoch} valid")
+        # --valid-size 0 (a final refit on every training photo): no validation, the latest epoch is the best
+        validated = valid["count"] > 0
+        monitored = valid["loss"] if validated else train["loss"]
         if scheduler is not None and not per_batch:
-            scheduler.step(valid["loss"]) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) \
+            scheduler.step(monitored) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) \
                 else scheduler.step()
-        improved = valid["loss"] < best_valid_loss
-        best_valid_loss = min(best_valid_loss, valid["loss"])
+        improved = valid["loss"] < best_valid_loss if validated else True
+        if validated:
+            best_valid_loss = min(best_valid_loss, valid["loss"])
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["accuracy"],
-                        "valid_loss": valid["loss"], "valid_acc": valid["accuracy"],
-                        "valid_top5": valid["topk_accuracy"], "lr": lr,
+                        "valid_loss": valid["loss"] if validated else None,
+                        "valid_acc": valid["accuracy"] if validated else None,
+                        "valid_top5": valid["topk_accuracy"] if validated else None, "lr": lr,
                         "seconds": round(time.perf_counter() - started, 3),
                         # CPU time of this process (not the loader workers): a cost measure that other work on
                         # a shared machine does not inflate the way it inflates wall time
@@ -550,11 +557,12 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
                            "rng": _rng_state()}, files["last"])
         write_history(history, files)
         row = history[-1]
-        epochs.set_postfix(train_loss=f"{row['train_loss']:.3f}", valid_loss=f"{row['valid_loss']:.3f}",
-                           valid_acc=f"{row['valid_acc']:.1%}")
+        valid_text = (f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.1%}" if validated
+                      else "no validation set")
+        epochs.set_postfix(train_loss=f"{row['train_loss']:.3f}", **(
+            {"valid_loss": f"{row['valid_loss']:.3f}", "valid_acc": f"{row['valid_acc']:.1%}"} if validated else {}))
         tqdm.write(f"Epoch {epoch}/{n_epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.1%} | "
-                   f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.1%} | lr {lr:.2e} | "
-                   f"{row['seconds']:.1f}s" + ("  (best, saved)" if improved else ""))
+                   f"{valid_text} | lr {lr:.2e} | {row['seconds']:.1f}s" + ("  (best, saved)" if improved else ""))
         if live is not None:
             live.update(history)
     if main and history:
@@ -571,6 +579,9 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
 # The recipe per architecture when an argument is not given: for "scratch" the one that gave the best measured
 # result (README.md, benchmarks/bench_scratch.py); "course" is the course's typical recipe (the baseline);
 # every other arch is a transfer-learning backbone.
+_LITE_RECIPE = {"epochs": 15, "lr": 3e-3, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "onecycle",
+                "label_smoothing": 0.1, "dropout": None, "augment": "standard", "batch_size": 32,
+                "backbone_lr_scale": 0.33, "unfreeze": 2}
 ARCH_DEFAULTS = {
     "scratch": {"epochs": 30, "lr": 4e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 0.01,
                 "scheduler": "onecycle", "label_smoothing": 0.1, "dropout": 0.2, "augment": "course",
@@ -582,9 +593,10 @@ ARCH_DEFAULTS = {
                  "batch_size": 32, "backbone_lr_scale": 0.1, "unfreeze": 0},
     # its last 2 stages and the head, on cached activations: it can be cut before them, so fine-tuning them costs
     # little more than a frozen backbone and measured better (benchmarks/bench_transfer.py, README.md)
-    "efficientnet_lite0": {"epochs": 15, "lr": 3e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4,
-                           "scheduler": "onecycle", "label_smoothing": 0.1, "dropout": None, "augment": "standard",
-                           "batch_size": 32, "backbone_lr_scale": 0.33, "unfreeze": 2},
+    "efficientnet_lite0": {**_LITE_RECIPE, "img_size": 224},
+    # the larger Lite models at the input size their weights were trained at
+    "efficientnet_lite1": {**_LITE_RECIPE, "img_size": 240},
+    "efficientnet_lite2": {**_LITE_RECIPE, "img_size": 260},
 }
 RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_only", "compile", "command", "tta",
                      "topk"}
@@ -593,11 +605,12 @@ RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_onl
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--arch", default="scratch",
-      help="'scratch' (MyModel), 'course' (the course's baseline CNN) or a torchvision backbone for transfer "
-           "learning (e.g. resnet18, efficientnet_b0)")
+      help="'scratch' (MyModel), 'course' (the course's baseline CNN), or a pretrained backbone for transfer "
+           "learning: efficientnet_lite0/1/2 (weights from pip, offline) or any torchvision classifier (resnet18, "
+           "...)")
     a("--data-dir", default=None, help="data folder or zip (default: $LANDMARK_DATA, else data/landmark_images)")
     a("--out", default=None, help="output folder for best.pt, last.pt, history (default: checkpoints/ARCH)")
-    a("--epochs", type=int, default=None, help="default: 30 (scratch, course), 15 (efficientnet_lite0), 10 (others)")
+    a("--epochs", type=int, default=None, help="default: 30 (scratch, course), 15 (efficientnet_lite*), 10 (others)")
     a("--batch-size", type=int, default=None)
     a("--lr", type=float, default=None, help="peak learning rate")
     a("--optimizer", default=None, choices=["sgd", "adam", "adamw", "SGD", "Adam", "AdamW"])
@@ -609,9 +622,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dropout", type=float, default=None)
     a("--widths", default=None, help="scratch model: channels of the four stages, e.g. 32,64,128,256")
     a("--depths", default=None, help="scratch model: residual blocks per stage, e.g. 1,1,2,1")
-    a("--img-size", type=int, default=None, help="input size in pixels (default 224)")
+    a("--img-size", type=int, default=None,
+      help="input size in pixels (default 224; 240 for efficientnet_lite1, 260 for efficientnet_lite2)")
     a("--augment", default=None, choices=["standard", "strong", "course"])
-    a("--valid-size", type=float, default=0.2)
+    a("--valid-size", type=float, default=0.2,
+      help="share of train/ held out for validation; 0: train on every photo (a final refit once the recipe is "
+           "chosen), best.pt is then the last epoch")
     a("--workers", type=int, default=-1, help="data loader processes (-1: one per CPU core)")
     a("--cache-images", action=argparse.BooleanOptionalAction, default=True,
       help="decode every photo once and keep it in memory (resized)")
@@ -627,11 +643,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
       help="test-time augmentation: average each test photo's prediction with its mirror image's")
     # transfer learning
     a("--unfreeze", type=int, default=None,
-      help="transfer: number of backbone stages to fine-tune (0: head only; default: 2 for efficientnet_lite0, "
+      help="transfer: number of backbone stages to fine-tune (0: head only; default: 2 for efficientnet_lite*, "
            "trained on cached activations, 0 for the others)")
     a("--backbone-lr-scale", type=float, default=None,
       help="transfer: learning rate of the unfrozen backbone stages relative to --lr (default 0.33 for "
-           "efficientnet_lite0, 0.1 for the others)")
+           "efficientnet_lite*, 0.1 for the others)")
     a("--weights", default="DEFAULT", help="transfer: torchvision weights name for the backbone")
     a("--weights-path", default=None,
       help="transfer: a local weights file (state dict) for the backbone instead of downloading it")

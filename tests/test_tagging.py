@@ -416,3 +416,54 @@ def test_tag_on_the_shared_photos(tmp_path, models, shared_data):
     summary = tag_folder(folder, models["varied"], out, k=3, progress=False)
     rows = read_csv(out)
     assert summary.errors == 0 and len(rows) == summary.total == len(list(folder.iterdir()))
+
+
+# ---- evaluate: accuracy of an exported file on labelled photos -------------------------------------------------------
+
+def _labelled_folder(root: Path, classes=CLASSES, per_class=(3, 2, 1)) -> Path:
+    """``root/test/<class>/`` photos (a data set's layout), plus one unreadable file in the first class."""
+    for c, n in zip(classes, per_class):
+        folder = root / "test" / c
+        folder.mkdir(parents=True)
+        for i in range(n):
+            photo((64, 48), seed=10 * len(c) + i).save(folder / f"p{i}.png")
+    (root / "test" / classes[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (root / "train").mkdir()
+    return root
+
+
+def test_evaluate_scores_an_exported_file_by_class_name(tmp_path, models, capsys):
+    data = _labelled_folder(tmp_path / "data")
+    out_json = tmp_path / "scores.json"
+    assert cli(["evaluate", "--model", str(models["golden_gate"]), "--data-dir", str(data), "-k", "2",
+                "--json", str(out_json)]) == 0
+    captured = capsys.readouterr()
+    # golden_gate answers class 0 on every photo: right on the 3 Golden Gate photos of 6 readable ones
+    assert "Test accuracy" in captured.out and "50.0%" in captured.out and "on 6 photos" in captured.out
+    assert "1 unreadable" in captured.out
+    [error] = [line for line in captured.err.splitlines() if "error:" in line]  # one line for the bad file
+    assert error.startswith("error:") and "broken.jpg" in error
+    scores = json.loads(out_json.read_text())
+    assert scores["accuracy"] == pytest.approx(0.5) and scores["count"] == 6 and len(scores["errors"]) == 1
+    assert scores["per_class"] == {"07.My_Back_Garden": 0.0, "09.Golden_Gate_Bridge": 1.0, "16.Eiffel_Tower": 0.0}
+    assert scores["k"] == 2
+
+
+def test_evaluate_matches_the_predictions_of_tag(tmp_path, models):
+    from src.tagging import evaluate_exported
+
+    data = _labelled_folder(tmp_path / "data")
+    model = load_exported(models["varied"])
+    samples = [(p, p.parent.name) for p in sorted((data / "test").rglob("*.png"))]
+    result = evaluate_exported(model, samples, k=1, progress=False)
+    predicted = [CLASSES[int(r.probs.argmax())] for r in iter_predictions(model, [p for p, _ in samples],
+                                                                         progress=False)]
+    expected = sum(p == label for p, (_, label) in zip(predicted, samples)) / len(samples)
+    assert result["accuracy"] == pytest.approx(expected) and result["topk_accuracy"] == pytest.approx(expected)
+
+
+def test_evaluate_refuses_classes_the_model_does_not_know(tmp_path, models, capsys):
+    data = _labelled_folder(tmp_path / "data", classes=[CLASSES[0], "42.Atlantis"], per_class=(1, 1))
+    assert cli(["evaluate", "--model", str(models["varied"]), "--data-dir", str(data)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "42.Atlantis" in err and "\n" not in err

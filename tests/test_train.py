@@ -179,6 +179,22 @@ def test_run_training_trains_tests_and_test_only_reevaluates(tiny_dataset, tmp_p
     assert len(load_checkpoint(out / "last.pt")["history"]) == 2  # --test-only trained nothing
 
 
+def test_valid_size_zero_trains_on_every_photo_and_keeps_the_last_epoch(tiny_dataset, tmp_path, capsys):
+    """A final refit (``--valid-size 0``): nothing to validate on, so best.pt is the last epoch, not the first."""
+    out = tmp_path / "refit"
+    result = run_training(_cli_args("--epochs", "3", "--valid-size", "0", "--data-dir", str(tiny_dataset),
+                                    "--img-size", "32", "--batch-size", "8", "--workers", "0", "--widths",
+                                    "8,16,32,32", "--depths", "1,1,1,1", "--out", str(out)))
+    assert "no validation set" in capsys.readouterr().out
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best["epoch"] == last["epoch"] == 3 and result["best_epoch"] == 3
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    history = json.loads((out / "history.json").read_text())
+    assert [h["valid_loss"] for h in history] == [None] * 3 and all(h["best"] for h in history)
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["n_test"] == 12
+
+
 @pytest.mark.slow
 def test_sigkill_during_training_leaves_loadable_checkpoints_and_resume_finishes(tiny_dataset, tmp_path):
     out = tmp_path / "out"

