@@ -10,9 +10,14 @@
     stages run once per photo (plus 2 augmented views of each training photo), their activations are cached
     on disk, and the last 2 stages and the head train on them (``--unfreeze 2``); other backbones: the head
     on cached features. The feature cache is deleted first, so the time includes computing every activation.
-(c) **fine-tuned**: ours, then its last ``--unfreeze`` backbone stages trained on photos with fresh
-    augmentation every epoch, at a tenth of the head's learning rate, starting from (b)'s weights; its time
-    includes (b)'s.
+(c) **fine-tuned ensemble** (the accurate variant): ``python -m src train --arch ENSEMBLE_ARCH --seed S`` (default
+    efficientnet_lite2, its last 2 stages fine-tuned on cached activations) once per seed in ``--ensemble-seeds``,
+    each seed its own train/valid split and augmented views; ``python -m src export --checkpoint A B C`` makes one
+    TorchScript file that averages their probabilities, and that exported file is scored on the test photos
+    (``python -m src evaluate``). Its time is the sum of the members', the export's and the scoring's.
+(d) **photo fine-tuning** (``--methods ...,finetune``): ours, then its last ``--unfreeze`` backbone stages trained
+    on photos with fresh augmentation every epoch, at a tenth of the head's learning rate, starting from (b)'s
+    weights; its time includes (b)'s.
 
 Every method trains through ``src.train.optimize``. Prints test accuracy, wall time and the ratio to the course
 method; writes ``benchmarks/results/NAME.json`` (default ``bench_transfer``). The CPU may be shared with other
@@ -37,6 +42,8 @@ import torch
 from src.data import compute_mean_and_std, get_data_loaders, limit_samples, load_landmark_data
 from src.helpers import seed_everything
 from src.optimization import get_loss, get_optimizer, get_scheduler
+from src.predictor import export_torchscript, load_exported, predictor_from_checkpoints
+from src.tagging import evaluate_exported
 from src.train import add_train_arguments, build_model_from_checkpoint, load_checkpoint, one_epoch_test, \
     optimize, run_training
 from src.transfer import CourseTransferModel
@@ -102,13 +109,16 @@ def _photo_test_accuracy(best: Path, args) -> float:
     return one_epoch_test(loaders["test"], model, get_loss(), verbose=False)["accuracy"]
 
 
-def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
+def run_ours(args, out: Path, extra: list[str], method: str = "ours", arch: str | None = None,
+             seed: int | None = None, photo_check: bool = True) -> dict:
     """(b) ``python -m src train --arch ARCH`` with the feature cache, deleted first."""
-    data = load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed)
-    for stale in (data.cache_dir / "features").glob(f"{args.arch}-*.pt"):
+    arch = arch or args.arch
+    seed = args.seed if seed is None else seed
+    data = load_landmark_data(args.data_dir, valid_size=0.2, seed=seed)
+    for stale in (data.cache_dir / "features").glob(f"{arch}-*.pt"):
         stale.unlink()
-    train_argv = ["--arch", args.arch, "--limit", str(args.limit), "--workers", str(args.workers),
-                  "--seed", str(args.seed), "--out", str(out)] + extra
+    train_argv = ["--arch", arch, "--limit", str(args.limit), "--workers", str(args.workers),
+                  "--seed", str(seed), "--out", str(out)] + extra
     if args.ours_epochs:
         train_argv += ["--epochs", str(args.ours_epochs)]
     if args.data_dir:
@@ -128,11 +138,36 @@ def run_ours(args, out: Path, extra: list[str], method: str = "ours") -> dict:
            "recipe": f"cached activations ({train_args.n_views or 'default'} views), last {train_args.unfreeze} "
                      f"stages at {train_args.backbone_lr_scale:g}x and head: {train_args.optimizer} lr "
                      f"{train_args.lr}, wd {train_args.weight_decay}, {train_args.scheduler}, label smoothing "
-                     f"{train_args.label_smoothing}"}
+                     f"{train_args.label_smoothing}, {train_args.img_size} px"}
     history = json.loads((out / "history.json").read_text())
     row["head_train_s"] = round(sum(h["seconds"] for h in history), 1)  # the rest: feature extraction, test
-    row["test_acc_photos"] = _photo_test_accuracy(out / "best.pt", args)
+    if photo_check:
+        row["test_acc_photos"] = _photo_test_accuracy(out / "best.pt", args)
     return row
+
+
+def run_ensemble(args, out: Path) -> dict:
+    """(c) One ``python -m src train --arch ENSEMBLE_ARCH`` per seed, exported as one averaging TorchScript file,
+    which is what gets scored."""
+    seeds = [int(s) for s in args.ensemble_seeds.split(",")]
+    members = [run_ours(args, out / f"seed{seed}", shlex.split(args.ensemble_args), f"ensemble member (seed {seed})",
+                        arch=args.ensemble_arch, seed=seed, photo_check=False) for seed in seeds]
+    load_before = _load()
+    started, cpu_before = time.perf_counter(), _cpu_seconds()
+    exported = out / "ensemble_exported.pt"
+    export_torchscript(predictor_from_checkpoints([out / f"seed{seed}" / "best.pt" for seed in seeds]), exported)
+    data = _limited(load_landmark_data(args.data_dir, valid_size=0.2, seed=args.seed), args.limit)
+    scores = evaluate_exported(load_exported(exported), [(p, data.class_names[y]) for p, y in data.test],
+                               progress=False)
+    wall = time.perf_counter() - started
+    return {"method": f"fine-tuned ensemble ({len(seeds)}x {args.ensemble_arch})", "epochs": members[0]["epochs"],
+            "test_acc": scores["accuracy"], "test_acc_photos": scores["accuracy"], "n_test": scores["count"],
+            "wall_s": round(wall + sum(m["wall_s"] for m in members), 1),
+            "cpu_s": round(_cpu_seconds() - cpu_before + sum(m["cpu_s"] for m in members), 1),
+            "export_and_score_s": round(wall, 1), "load_before": members[0]["load_before"], "load_after": _load(),
+            "member_test_acc": [m["test_acc"] for m in members], "member_wall_s": [m["wall_s"] for m in members],
+            "recipe": f"seeds {args.ensemble_seeds}, each: {members[0]['recipe']}; exported file averages the "
+                      f"members' probabilities"}
 
 
 def run_finetune(args, init: Path, out: Path, previous_s: float, previous_cpu_s: float) -> dict:
@@ -185,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=8)
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="head; backbone stages get 0.1x")
     parser.add_argument("--finetune-from", default=None, help="fine-tune this checkpoint instead of running ours")
-    parser.add_argument("--methods", default="course,ours,finetune")
+    parser.add_argument("--ensemble-arch", default="efficientnet_lite2", help="fine-tuned ensemble: members' arch")
+    parser.add_argument("--ensemble-seeds", default="42,1,2", help="fine-tuned ensemble: one member per seed")
+    parser.add_argument("--ensemble-args", default="",
+                        help="fine-tuned ensemble: extra `python -m src train` arguments for every member")
+    parser.add_argument("--methods", default="course,ours,ensemble", help="any of course,ours,ensemble,finetune")
     parser.add_argument("--limit", type=int, default=-1, help="at most this many photos per split (smoke runs)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
@@ -201,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     if "ours" in methods or ("finetune" in methods and not args.finetune_from):
         rows.append(run_ours(args, runs / "ours", shlex.split(args.ours_args)))
         print(rows[-1], flush=True)
+    if "ensemble" in methods:
+        rows.append(run_ensemble(args, runs / "ensemble"))
+        print(rows[-1], flush=True)
     if "finetune" in methods:
         if args.finetune_from:  # experiments: start from an existing head, time the fine-tuning alone
             rows.append(run_finetune(args, Path(args.finetune_from), runs / "finetune", 0.0, 0.0))
         else:
-            ours = rows[-1]
+            ours = next(r for r in rows if r["method"] == "ours")
             # its time includes ours': it starts from ours' trained head
             rows.append(run_finetune(args, runs / "ours" / "best.pt", runs / "finetune", ours["wall_s"],
                                      ours["cpu_s"]))

