@@ -147,11 +147,8 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros(0)
-        for i, member in enumerate(self.members):
-            probs = F.softmax(member(x).float(), dim=1)
-            total = probs if i == 0 else total + probs
-        return torch.log(total / len(self.members))
+        probs = [F.softmax(member(x).float(), dim=1) for member in self.members]
+        return torch.log(torch.stack(probs).mean(dim=0))
 
     def scriptable(self, example: torch.Tensor) -> nn.Module:
         """The same ensemble with each member replaced by its ``scriptable(example)`` form where it has one."""
@@ -686,7 +683,7 @@ def predictor_from_checkpoints(checkpoint_paths: Sequence[str | os.PathLike]) ->
             first = ckpt
             continue
         for key in ("class_names", "mean", "std", "img_size"):
-            if list(np.atleast_1d(ckpt[key])) != list(np.atleast_1d(first[key])):
+            if ckpt[key] != first[key]:
                 raise CheckpointError(f"{path}: its {key} differs from {paths[0]}'s, so the two cannot be "
                                       f"ensembled (members share one preprocessing and one list of classes)")
     arch = archs[0] if len(paths) == 1 else "ensemble:" + "+".join(archs)

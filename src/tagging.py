@@ -618,11 +618,10 @@ def evaluate_exported(model, samples: Sequence[tuple[str | os.PathLike, str]], k
         if result.probs is None:
             errors.append(result.error)
             continue
-        target = class_names.index(label)
-        top = torch.topk(result.probs, k).indices.tolist()
-        hit = top[0] == target
+        top = [name for name, _ in top_k(result.probs, class_names, k)]
+        hit = top[0] == label
         correct += hit
-        correct_k += target in top
+        correct_k += label in top
         per_class.setdefault(label, [0, 0])
         per_class[label][0] += hit
         per_class[label][1] += 1
@@ -649,15 +648,13 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
     model = load_exported(args.model, device=resolve_device(args.device), optimize=True)
     split_dir = resolve_data_dir(args.data_dir) / args.split
-    found = scan_split(split_dir)
-    class_folders = sorted({p.parent.name for p, _ in found})
-    samples = [(p, p.parent.name) for p, _ in found]
+    samples = [(p, p.parent.name) for p, _ in scan_split(split_dir)]
     if not samples:
         raise ValueError(f"{split_dir}: no photos")
     result = evaluate_exported(model, samples, k=args.k, batch_size=args.batch_size)
     for error in result["errors"]:
         print(f"error: {error}", file=sys.stderr)
-    width = max(len(display_name(c)) for c in class_folders)
+    width = max((len(display_name(c)) for c in result["per_class"]), default=0)
     for name, accuracy in result["per_class"].items():
         print(f"  {display_name(name):<{width}}  {accuracy:6.1%}")
     print(f"{args.split.capitalize()} accuracy of {args.model}: {result['accuracy']:.1%} "

