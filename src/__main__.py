@@ -1,4 +1,4 @@
-"""Command line: ``python -m src {data,train,export,predict,tag,evaluate} ...`` (``python -m src CMD --help``)."""
+"""Command line: ``python -m src {data,train,export,predict,tag,evaluate,cv} ...`` (``python -m src CMD --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ COMMANDS = {
     "tag": ("src.tagging", "add_tag_arguments", "tag_main", "tag every photo in a folder into a CSV"),
     "evaluate": ("src.tagging", "add_evaluate_arguments", "evaluate_main",
                  "accuracy of an exported model on the labelled photos of a data set's test/ folder"),
+    "cv": ("src.crossval", "add_cv_arguments", "cv_main",
+           "cross-validate models and ensembles on the training photos (choose one without the test set)"),
 }
 
 

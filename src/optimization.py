@@ -73,7 +73,11 @@ def get_scheduler(name: str | None, optimizer: torch.optim.Optimizer, epochs: in
     if key == "plateau":
         return lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
     if key == "onecycle":
+        if total < 3:  # too few steps for a warmup and a decay (OneCycleLR divides by zero): a constant rate
+            return lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         max_lr = [g["lr"] for g in optimizer.param_groups]
+        # OneCycleLR needs at least one step in each phase (else it divides by zero on very short runs)
+        pct_start = min(max(pct_start, 1.5 / total), 0.5)
         return lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=pct_start,
                                        div_factor=25.0, final_div_factor=max(1.0, 1.0 / (25.0 * min_lr_ratio)))
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)

@@ -102,6 +102,16 @@ def test_onecycle_peaks_at_the_learning_rate():
     assert steps_per_batch(sched)
 
 
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5])
+def test_onecycle_runs_on_very_short_trainings(total_steps):
+    # OneCycleLR divides by zero when a phase has no step (2 or 4 steps at the default 25 % warmup)
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=3e-3)
+    sched = get_scheduler("onecycle", opt, epochs=total_steps, steps_per_epoch=1)
+    lrs = _lrs(sched, opt, total_steps)
+    assert len(lrs) == total_steps and max(lrs) <= 3e-3 * 1.0001 and all(lr > 0 for lr in lrs)
+    assert steps_per_batch(sched)
+
+
 def test_plateau_reduces_after_patience_and_steps_per_epoch():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     sched = get_scheduler("plateau", opt, epochs=10, steps_per_epoch=5, patience=1, factor=0.5)
