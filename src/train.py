@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -687,26 +688,57 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def _apply_saved_args(args: argparse.Namespace, last: Path) -> argparse.Namespace:
-    saved = on_main_process(lambda: load_checkpoint(last).get("args") or {})
+def _given_args(args: argparse.Namespace) -> set[str]:
+    """The arguments given on the command line (those differing from the parser's defaults), before the arch's
+    recipe fills the rest in."""
+    from .notebook import train_args  # noqa: PLC0415
+
+    defaults = vars(train_args())
+    return {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
+
+
+def _apply_saved_args(args: argparse.Namespace, saved_from: Path, given: set[str] = frozenset(),
+                      resume: bool = True) -> argparse.Namespace:
+    """``args`` with the run's saved arguments (those of ``saved_from``) in place of the recipe's.
+
+    An argument given on the command line that contradicts the saved run is not silently dropped: more
+    ``--epochs`` for a run that already finished is refused (its learning-rate schedule ended with the epochs it
+    was started with), anything else is reported as ignored.
+    """
+    ckpt = on_main_process(lambda: load_checkpoint(saved_from))
+    saved = ckpt.get("args") or {}
+    ignored = []
     for key, value in saved.items():
-        if key not in RUN_SPECIFIC_ARGS or (key == "data_dir" and args.data_dir is None):
-            setattr(args, key, value)
+        if key in RUN_SPECIFIC_ARGS and not (key == "data_dir" and args.data_dir is None):
+            continue
+        mine = getattr(args, key, None)
+        if key in given and key != "data_dir" and mine != value:
+            flag = "--" + key.replace("_", "-")
+            if resume and key == "epochs" and int(ckpt.get("epoch", 0)) >= int(value):
+                raise CheckpointError(
+                    f"{saved_from}: this run already finished its {value} epochs and --resume cannot extend it "
+                    f"(its learning-rate schedule ends there); train {mine} epochs in a new run with another --out")
+            ignored.append(f"{flag} {mine} (the run's: {value})")
+        setattr(args, key, value)
+    if ignored and is_main_process():
+        print(f"Ignoring {', '.join(ignored)}: {'--resume continues' if resume else '--test-only tests'} the run "
+              f"with its saved arguments", file=sys.stderr)
     return args
 
 
 def run_training(args: argparse.Namespace) -> dict:
     """Train (or with ``test_only`` just test) as ``args`` say; returns the test metrics and run facts."""
+    given = _given_args(args)
     args = resolve_defaults(args)
     # a read-only or mistyped --out fails now, not after the first epoch; only rank 0 writes there
     out = ensure_writable_dir(args.out) if is_main_process() else Path(args.out)
     files = run_files(out / "best.pt")
     if args.resume and on_main_process(files["last"].exists):
-        args = _apply_saved_args(args, files["last"])
+        args = _apply_saved_args(args, files["last"], given)
         if is_main_process():
             print(f"Resuming {files['last']} with its saved arguments")
     elif args.test_only:
-        args = _apply_saved_args(args, files["best"])  # test the model as it was trained
+        args = _apply_saved_args(args, files["best"], given, resume=False)  # test the model as it was trained
     seed_everything(args.seed)
     device = local_device(get_device(args.device))  # cuda -> this process's own GPU under torchrun
 

@@ -179,6 +179,28 @@ def test_run_training_trains_tests_and_test_only_reevaluates(tiny_dataset, tmp_p
     assert len(load_checkpoint(out / "last.pt")["history"]) == 2  # --test-only trained nothing
 
 
+def test_resume_refuses_to_extend_a_finished_run_and_reports_ignored_arguments(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["--data-dir", str(tiny_dataset), "--img-size", "32", "--batch-size", "8", "--workers", "0",
+              "--widths", "8,16,32,32", "--depths", "1,1,1,1", "--out", str(out)]
+    run_training(_cli_args("--epochs", "2", *common))
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    # more epochs for a finished run: one clear error (a one-cycle schedule cannot be stretched), nothing touched
+    with pytest.raises(CheckpointError, match=r"last\.pt: this run already finished its 2 epochs and --resume "
+                                              r"cannot extend it .* train 5 epochs in a new run"):
+        run_training(_cli_args("--resume", "--epochs", "5", *common))
+    assert (out / "last.pt").read_bytes() == before
+    # another argument that contradicts the run is reported, not silently dropped; the run's own value is used
+    again = run_training(_cli_args("--resume", "--lr", "0.5", *common))
+    err = capsys.readouterr().err
+    assert "Ignoring --lr 0.5 (the run's: 0.004): --resume continues the run with its saved arguments" in err
+    assert again["n_test"] == 12 and load_checkpoint(out / "last.pt")["args"]["lr"] == 0.004
+    # the same arguments as the run: nothing to report
+    run_training(_cli_args("--resume", "--epochs", "2", *common))
+    assert "Ignoring" not in capsys.readouterr().err
+
+
 def test_valid_size_zero_trains_on_every_photo_and_keeps_the_last_epoch(tiny_dataset, tmp_path, capsys):
     """A final refit (``--valid-size 0``): nothing to validate on, so best.pt is the last epoch, not the first."""
     out = tmp_path / "refit"
