@@ -290,9 +290,37 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
     a("--folds", type=int, default=5)
     a("--fold-seed", type=int, default=42, help="sets the folds and the augmented views in the feature cache")
     a("--epochs", type=int, default=None, help="every member: this many epochs instead of its arch's default")
+    a("--set", action="append", default=[], metavar="KEY=VALUE",
+      help="every member: a `python -m src train` argument instead of its arch's default, e.g. unfreeze=3, "
+           "img_size=288, augment=strong (repeat for several)")
     a("--workers", type=int, default=-1, help="photo decoding processes for the feature cache (-1: one per core)")
     a("--out", default="runs/cv", help="folder for the per-fold predictions and cv.json")
     a("--json", default=None, help="also write the result to this JSON file")
+
+
+def training_overrides(settings: Sequence[str]) -> dict:
+    """``["unfreeze=3", "img_size=288"]`` -> ``{"unfreeze": 3, "img_size": 288}``, typed and checked by the
+    training command's own parser (an unknown name or a bad value is an error naming it)."""
+    from .train import add_train_arguments  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="--set", add_help=False, exit_on_error=False)
+    add_train_arguments(parser)
+    dests = {a.dest for a in parser._actions}
+    overrides = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or key not in dests:
+            raise ValueError(f"--set {setting!r}: expected KEY=VALUE with KEY a training argument "
+                             "(python -m src train --help), e.g. unfreeze=3")
+        try:
+            parsed = parser.parse_args([f"--{key.replace('_', '-')}", value])
+        except argparse.ArgumentError as exc:
+            raise ValueError(f"--set {setting!r}: {exc}") from None
+        except SystemExit:  # argparse still exits on some errors (a flag that takes no value)
+            raise ValueError(f"--set {setting!r}: not a value this argument takes") from None
+        overrides[key] = getattr(parsed, key)
+    return overrides
 
 
 def cv_main(args: argparse.Namespace) -> int:
@@ -303,7 +331,8 @@ def cv_main(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must differ: {', '.join(names)}")
     data = load_landmark_data(args.data_dir, valid_size=0.0, seed=args.fold_seed)
-    overrides = {"workers": args.workers, **({"epochs": args.epochs} if args.epochs else {})}
+    overrides = {"workers": args.workers, **training_overrides(args.set),
+                 **({"epochs": args.epochs} if args.epochs else {})}
     result = cross_validate(data, candidates, args.out, args.folds, args.fold_seed, overrides)
     print(format_result(result))
     if args.json:

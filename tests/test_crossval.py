@@ -11,7 +11,7 @@ import torch
 
 from src import crossval
 from src.__main__ import main as cli
-from src.crossval import cross_validate, parse_candidate, parse_member, stratified_folds
+from src.crossval import cross_validate, parse_candidate, parse_member, stratified_folds, training_overrides
 from src.data import load_landmark_data
 
 
@@ -141,3 +141,12 @@ def test_cv_command_refuses_a_model_trained_from_scratch(tiny_dataset, tmp_path,
     assert cli(["cv", "--data-dir", str(tiny_dataset), "--candidate", "s=scratch:1", "--folds", "2",
                 "--out", str(tmp_path / "cv")]) == 1
     assert "cross-validation needs a transfer-learning backbone" in capsys.readouterr().err
+
+
+def test_set_overrides_are_typed_and_checked_by_the_training_parser():
+    assert training_overrides(["unfreeze=3", "img-size=288", "augment=strong", "--n-views=6"]) == {
+        "unfreeze": 3, "img_size": 288, "augment": "strong", "n_views": 6}
+    for bad, message in (("nope=1", "KEY a training argument"), ("unfreeze=x", "invalid int value: 'x'"),
+                         ("augment=weird", "invalid choice"), ("unfreeze", "expected KEY=VALUE")):
+        with pytest.raises(ValueError, match=message):
+            training_overrides([bad])
