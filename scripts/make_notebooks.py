@@ -360,6 +360,14 @@ for name, result in runs.items():
 chosen = min(valid_loss, key=valid_loss.get)
 print(f"exporting {chosen}")"""),
     ("md", """\
+With a few hundred photos, a validation split of 165 photos (or the 204 test photos) cannot tell apart models
+a point or two apart: one photo is 0.5 %. To choose between bigger variants (a larger backbone, an ensemble of
+several runs), `python -m src cv` cross-validates them on the training photos: five folds, every photo predicted
+by models that never saw it, so the comparison rests on all 821 photos without touching the test set. The
+candidates and the rule were fixed before the run (`benchmarks/cv_plan.md`); the measured table:"""),
+    ("code", """\
+print(benchmark_table("bench_cv"))"""),
+    ("md", """\
 ## 5. Export, and a check of the exported file
 
 As for the network trained from scratch: the predictor (resizing, cropping, normalisation and the network) is
