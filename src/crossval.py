@@ -15,7 +15,6 @@ Each member's predictions are saved per fold, so an interrupted run continues wh
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import tempfile
 import time
@@ -186,7 +185,6 @@ def cross_validate(data, candidates: Sequence[tuple[str, Sequence[tuple[str, int
     n_classes = len(data.class_names)
     probs: dict[tuple[str, int], torch.Tensor] = {}
     seconds: dict[tuple[str, int], float] = {}
-    labels = None
     features_of: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for arch, seed in members:
         args = member_args(arch, seed, overrides)
@@ -336,6 +334,6 @@ def cv_main(args: argparse.Namespace) -> int:
     result = cross_validate(data, candidates, args.out, args.folds, args.fold_seed, overrides)
     print(format_result(result))
     if args.json:
-        atomic_write_json(Path(args.json), copy.deepcopy(result))
+        atomic_write_json(Path(args.json), result)
         print(f"Wrote {args.json}")
     return 0
