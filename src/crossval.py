@@ -107,25 +107,16 @@ def _new_model(args: argparse.Namespace, n_classes: int):
 def training_features(args: argparse.Namespace, data, cache_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [N, n_views, ...], labels [N])`` of every training photo for ``args.arch`` (its recipe's size,
     views and augmentation), from the feature cache of a ``--valid-size 0 --seed cache_seed`` run."""
-    from .transfer import DEFAULT_N_VIEWS, compute_feature_cache  # noqa: PLC0415
+    from .transfer import get_feature_loaders  # noqa: PLC0415
 
     model = _new_model(args, len(data.class_names))
-    n_views = int(args.n_views or DEFAULT_N_VIEWS)
-    cache = compute_feature_cache(model, data, args.img_size, n_views, cache_seed, batch_size=max(args.batch_size, 64),
-                                  workers=_workers(args.workers), augment=args.augment, device=args.device)
-    feats, labels = cache["train"]
+    # the training command's own cache and loaders, with the cache's views seeded by cache_seed for every member
+    train = get_feature_loaders(model, data, argparse.Namespace(**{**vars(args), "seed": cache_seed}))["train"]
+    feats, labels = train.dataset.features, train.dataset.labels
     if feats.shape[0] != len(data.train):
         raise RuntimeError(f"{data.root}: {len(data.train) - feats.shape[0]} training photo(s) could not be read "
                            "any more (see the warnings above); run `python -m src data` to re-check the photos")
     return feats, labels
-
-
-def _workers(workers: int) -> int:
-    import os  # noqa: PLC0415
-
-    from .distributed import cpu_share  # noqa: PLC0415
-
-    return cpu_share(os.cpu_count() or 1) if workers < 0 else workers
 
 
 def train_and_predict(args: argparse.Namespace, class_names: Sequence[str], train_feats: torch.Tensor,
@@ -263,16 +254,15 @@ def _gmacs_per_photo(archs, overrides: dict | None) -> dict[str, float]:
 
 
 def format_result(result: dict) -> str:
-    rows = [(c["candidate"], " + ".join(c["members"]), f"{c['accuracy']:.1%}", f"{c['correct']}/{result['n_photos']}",
-             f"{c['top5']:.1%}", " ".join(f"{a:.0%}" for a in c["fold_accuracy"]), f"{c['gmacs_per_photo']:.2f}")
-            for c in result["candidates"]]
-    head = ("candidate", "members", "CV accuracy", "correct", "CV top-5", "per fold", "GMACs/photo")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = [" | ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in [head, *rows]]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    lines.append(f"{result['n_folds']}-fold cross-validation on {result['n_photos']} training photos of "
-                 f"{result['data']}; highest (ties: fewest multiply-adds): {result['chosen']}")
-    return "\n".join(lines)
+    from .notebook import format_rows  # noqa: PLC0415
+
+    n = result["n_photos"]
+    table = format_rows([{"candidate": c["candidate"], "members": " + ".join(c["members"]),
+                          "CV accuracy": f"{c['accuracy']:.1%}", "correct": f"{c['correct']}/{n}",
+                          "CV top-5": f"{c['top5']:.1%}", "per fold": " ".join(f"{a:.0%}" for a in c["fold_accuracy"]),
+                          "GMACs/photo": f"{c['gmacs_per_photo']:.2f}"} for c in result["candidates"]])
+    return (f"{table}\n{result['n_folds']}-fold cross-validation on {n} training photos of {result['data']}; "
+            f"highest (ties: fewest multiply-adds): {result['chosen']}")
 
 
 # --------------------------------------------------------------------------------------------------------------
