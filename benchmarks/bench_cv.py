@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     n = result["n_photos"]
     rows = [{"candidate": c["candidate"], "members": len(c["members"]), "gmacs": c["gmacs_per_photo"],
              "accuracy": f"{c['accuracy']:.1%}", "correct": f"{c['correct']}/{n}", "top5": f"{c['top5']:.1%}",
+             "log_loss": f"{c['log_loss']:.3f}",
              "folds": " / ".join(f"{a:.1%}" for a in c["fold_accuracy"])} for c in result["candidates"]]
     table = format_table(rows, [("candidate", "candidate"), ("members", "models"), ("gmacs", "GMACs per photo"),
                                 ("accuracy", "CV accuracy"), ("correct", "photos right"), ("top5", "CV top-5"),
+                                ("log_loss", "CV log-loss"),
                                 ("folds", "per fold")])
     member_rows = [{"member": m["member"], "accuracy": f"{m['accuracy']:.1%}", "correct": f"{m['correct']}/{n}",
                     "seconds": m["train_seconds"]} for m in result["members"]]

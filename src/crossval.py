@@ -241,8 +241,9 @@ def _load_fold(path: Path, recipe: dict, samples, held: torch.Tensor, n_folds: i
 def _scores(probs: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor, n_folds: int) -> dict:
     right = probs.argmax(1) == labels
     top5 = (probs.topk(min(5, probs.shape[1]), dim=1).indices == labels[:, None]).any(1)
+    log_loss = -probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean()
     return {"accuracy": round(float(right.float().mean()), 4), "correct": int(right.sum()),
-            "top5": round(float(top5.float().mean()), 4),
+            "top5": round(float(top5.float().mean()), 4), "log_loss": round(float(log_loss), 4),
             "fold_accuracy": [round(float(right[folds == f].float().mean()), 4) for f in range(n_folds)]}
 
 
@@ -259,7 +260,8 @@ def format_result(result: dict) -> str:
     n = result["n_photos"]
     table = format_rows([{"candidate": c["candidate"], "members": " + ".join(c["members"]),
                           "CV accuracy": f"{c['accuracy']:.1%}", "correct": f"{c['correct']}/{n}",
-                          "CV top-5": f"{c['top5']:.1%}", "per fold": " ".join(f"{a:.0%}" for a in c["fold_accuracy"]),
+                          "CV top-5": f"{c['top5']:.1%}", "log-loss": f"{c['log_loss']:.3f}",
+                          "per fold": " ".join(f"{a:.0%}" for a in c["fold_accuracy"]),
                           "GMACs/photo": f"{c['gmacs_per_photo']:.2f}"} for c in result["candidates"]])
     return (f"{table}\n{result['n_folds']}-fold cross-validation on {n} training photos of {result['data']}; "
             f"highest (ties: fewest multiply-adds): {result['chosen']}")

@@ -103,6 +103,8 @@ def test_cross_validate_scores_members_and_ensembles_from_out_of_fold_prediction
     one, two = result["candidates"]
     assert one["correct"] == int((probs[42].argmax(1) == labels).sum())
     assert two["correct"] == int(((probs[42] + probs[1]).argmax(1) == labels).sum())
+    mean = (probs[42] + probs[1]) / 2
+    assert two["log_loss"] == pytest.approx(float(-mean[torch.arange(30), labels].log().mean()), abs=1e-4)
     assert two["gmacs_per_photo"] == pytest.approx(2 * one["gmacs_per_photo"], abs=0.011)
     assert [m["member"] for m in result["members"]] == ["efficientnet_lite0:42", "efficientnet_lite0:1"]
     # the three colour patterns are easy: models that never saw a photo still name most of them right
