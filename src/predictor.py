@@ -9,11 +9,12 @@ final name.
 
 import argparse
 import io
+import json
 import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -133,6 +134,40 @@ class Predictor(nn.Module):
         return F.softmax(self.model(self.preprocess(x)), dim=1)
 
 
+class EmbeddingPredictor(Predictor):
+    """A :class:`Predictor` whose model is ``head(backbone(x))`` (the transfer models): one forward pass also gives
+    the photo's L2-normalised embedding, the pooled backbone features the head reads, for searching the landmark
+    index. ``probs_and_embedding`` is exported next to ``forward`` in the same file."""
+
+    embedding_dim: int
+
+    def __init__(self, model: nn.Module, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                 img_size: int = DEFAULT_IMG_SIZE, arch: str = "", embedding_dim: int = 0):
+        super().__init__(model, class_names, mean, std, img_size, arch)
+        self.embedding_dim = int(embedding_dim)
+
+    @torch.jit.export
+    def probs_and_embedding(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.backbone(self.preprocess(x))
+        return F.softmax(self.model.head(features), dim=1), F.normalize(features.float(), dim=1)
+
+
+def has_embedding(model: nn.Module) -> bool:
+    """True when ``model`` is ``head(backbone(x))`` with pooled features: it can give embeddings."""
+    return isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(getattr(model, "head", None),
+                                                                                  nn.Module)
+
+
+def make_predictor(model: nn.Module, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                   img_size: int = DEFAULT_IMG_SIZE, arch: str = "") -> Predictor:
+    """The right predictor for ``model``: :class:`EmbeddingPredictor` for backbone+head models, else
+    :class:`Predictor`."""
+    if has_embedding(model):
+        dim = int(getattr(model, "num_features", 0) or 0)
+        return EmbeddingPredictor(model, class_names, mean, std, img_size, arch, embedding_dim=dim)
+    return Predictor(model, class_names, mean, std, img_size, arch)
+
+
 class Ensemble(nn.Module):
     """Several models of the same classes as one: the average of their softmax probabilities.
 
@@ -202,6 +237,9 @@ def _for_export(predictor: Predictor, example: torch.Tensor | None) -> Predictor
         example = torch.randn(1, 3, predictor.img_size, predictor.img_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         inner = scriptable(example)
+    if isinstance(predictor, EmbeddingPredictor):
+        return EmbeddingPredictor(inner, predictor.class_names, predictor.mean_values, predictor.std_values,
+                                  predictor.img_size, predictor.arch, predictor.embedding_dim)
     return Predictor(inner, predictor.class_names, predictor.mean_values, predictor.std_values, predictor.img_size,
                      predictor.arch)
 
@@ -253,6 +291,13 @@ def export_torchscript(predictor: Predictor, path: str | os.PathLike, example: t
             worst = compare_to_eager(predictor, reloaded, inputs, tolerance, what=f"{path} (reloaded)")
             if list(reloaded.class_names) != list(predictor.class_names):
                 raise ExportError(f"{path}: class_names did not survive export and reload")
+            if isinstance(predictor, EmbeddingPredictor):
+                with torch.no_grad():
+                    for x in inputs:
+                        diff = _max_abs_diff(reloaded.probs_and_embedding(x)[1], predictor.probs_and_embedding(x)[1])
+                        if not diff <= tolerance:
+                            raise ExportError(f"{path}: the reloaded embedding differs from the eager one by "
+                                              f"{diff:.2e} > {tolerance:.0e}")
     return {"path": str(path), "max_abs_diff": worst, "n_inputs": len(inputs)}
 
 
@@ -289,27 +334,74 @@ class _ResizeCenterCropOnnx(torch.autograd.Function):
         return g.op("Slice", resized, start, end, const([2, 3]))
 
 
-class _OnnxPredictor(nn.Module):
-    """The same computation as :class:`Predictor` for uint8 input, with ONNX-exportable preprocessing."""
+RESAMPLED_ONNX_TOLERANCE = 1e-3
 
-    def __init__(self, predictor: Predictor, model: nn.Module):
+
+class _OnnxPredictor(nn.Module):
+    """The same computation as :class:`Predictor` for uint8 input, with ONNX-exportable preprocessing; for an
+    :class:`EmbeddingPredictor` also its ``probs_and_embedding`` (two outputs from one backbone pass)."""
+
+    def __init__(self, predictor: Predictor, model: nn.Module, with_embedding: bool = False):
         super().__init__()
         self.model = model
+        self.with_embedding = bool(with_embedding)
         self.resize_size, self.img_size = predictor.resize_size, predictor.img_size
         self.register_buffer("mean", predictor.mean.clone())
         self.register_buffer("std", predictor.std.clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         x = _ResizeCenterCropOnnx.apply(x.float() / 255.0, self.resize_size, self.img_size)
-        return F.softmax(self.model((x - self.mean) / self.std), dim=1)
+        x = (x - self.mean) / self.std
+        if self.with_embedding:
+            features = self.model.backbone(x)
+            return F.softmax(self.model.head(features), dim=1), F.normalize(features.float(), dim=1)
+        return F.softmax(self.model(x), dim=1)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_metadata(predictor: Predictor) -> dict[str, str]:
+    """What the ONNX file carries in ``metadata_props`` (strings): the TorchScript file's attributes."""
+    meta = {"class_names": "\n".join(predictor.class_names), "img_size": str(predictor.img_size),
+            "resize_size": str(predictor.resize_size), "format": PREDICTOR_FORMAT, "arch": predictor.arch,
+            "mean": json.dumps(predictor.mean_values), "std": json.dumps(predictor.std_values)}
+    if isinstance(predictor, EmbeddingPredictor):
+        meta["embedding_dim"] = str(predictor.embedding_dim)
+    return meta
+
+
+def _trace_to_onnx(wrapper: nn.Module, trace_input: torch.Tensor, with_embedding: bool) -> bytes:
+    import warnings  # noqa: PLC0415
+
+    outputs = ["probs", "embedding"] if with_embedding else ["probs"]
+    buffer = io.BytesIO()
+    with quiet_torchscript(), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (trace_input,), buffer, dynamo=False, opset_version=18,
+                          input_names=["image"], output_names=outputs,
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        **{name: {0: "batch"} for name in outputs}})
+    return buffer.getvalue()
 
 
 def export_onnx(predictor: Predictor, path: str | os.PathLike, example: torch.Tensor | None = None,
-                inputs: Sequence[torch.Tensor] | None = None, tolerance: float = EXPORT_TOLERANCE) -> dict:
-    """Export ``predictor`` to ONNX (input ``image``: uint8 ``[B, 3, H, W]``, any size; output ``probs``), then run
-    the file with onnxruntime and compare with the eager predictor, like :func:`export_torchscript`.
+                inputs: Sequence[torch.Tensor] | None = None, tolerance: float = EXPORT_TOLERANCE,
+                metadata: dict[str, str] | None = None) -> dict:
+    """Export ``predictor`` to ONNX (input ``image``: uint8 ``[B, 3, H, W]``, any size; output ``probs``, and
+    ``embedding`` (L2-normalised) for an :class:`EmbeddingPredictor`), then run the file with onnxruntime and
+    compare both outputs with the eager predictor, like :func:`export_torchscript`.
 
-    Class names are stored in the file's metadata (``class_names``, one per line).
+    The TorchScript file's attributes are stored in the file's metadata (:func:`onnx_metadata`; ``class_names`` one
+    per line, ``mean``/``std`` as JSON lists), with ``metadata`` added (``export`` adds ``torchscript_sha256``, the
+    TorchScript file it was exported beside, so a stale ``.onnx`` is never taken for it).
     """
     try:
         import onnx  # noqa: PLC0415
@@ -319,36 +411,44 @@ def export_onnx(predictor: Predictor, path: str | os.PathLike, example: torch.Te
                           f"pip install onnx onnxruntime") from None
     path = Path(path)
     predictor = predictor.eval()
-    model = _for_export(predictor, example).model
-    wrapper = _OnnxPredictor(predictor, model).eval()
+    with_embedding = isinstance(predictor, EmbeddingPredictor)
     inputs = [x for x in (inputs if inputs is not None else check_inputs(predictor.img_size)) if x.dtype == torch.uint8]
     trace_input = inputs[0][:1]
-    import warnings  # noqa: PLC0415
-
-    buffer = io.BytesIO()
-    with quiet_torchscript(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # The eager model first: tracing follows its Python code. Its scriptable() form, which TorchScript export
+    # needs, is a ScriptModule that the ONNX tracer refuses to call into ("not part of the active trace"), so it is
+    # only the fallback for a model whose eager code does not trace.
+    data, errors = None, []
+    for model in (predictor.model, None):
         try:
-            torch.onnx.export(wrapper, (trace_input,), buffer, dynamo=False, opset_version=18,
-                              input_names=["image"], output_names=["probs"],
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "probs": {0: "batch"}})
+            model = model if model is not None else _for_export(predictor, example).model
+            data = _trace_to_onnx(_OnnxPredictor(predictor, model, with_embedding).eval(), trace_input, with_embedding)
+            break
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ONNX export failed ({type(exc).__name__}: {first})") from exc
-    proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in (("class_names", "\n".join(predictor.class_names)), ("img_size", str(predictor.img_size)),
-                       ("resize_size", str(predictor.resize_size)), ("format", PREDICTOR_FORMAT),
-                       ("arch", predictor.arch)):
+            errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
+    if data is None:
+        raise ExportError(f"ONNX export failed ({errors[0]})")
+    proto = onnx.load_from_string(data)
+    for key, value in {**onnx_metadata(predictor), **(metadata or {})}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        def run(x: torch.Tensor, output: int = 0) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"image": x.numpy()})[output])
 
-        worst = compare_to_eager(predictor, run, inputs, tolerance, what=f"{path} (onnxruntime)")
+        worst = 0.0
+        for x in inputs:
+            # Photos already at the resize size (what tag/serve send) are not resampled: exact within tolerance.
+            # ONNX Resize and torch's antialiased interpolate round differently (~2e-5 per pixel), which a deep
+            # network turns into ~1e-4 on its outputs: photos that need resampling get RESAMPLED_ONNX_TOLERANCE.
+            tol = tolerance if min(x.shape[-2:]) == predictor.resize_size else max(tolerance, RESAMPLED_ONNX_TOLERANCE)
+            worst = max(worst, compare_to_eager(predictor, run, [x], tol, what=f"{path} (onnxruntime)"))
+            if with_embedding:
+                worst = max(worst, compare_to_eager(lambda t: predictor.probs_and_embedding(t)[1],
+                                                    lambda t: run(t, 1), [x], tol,
+                                                    what=f"{path} (onnxruntime, embedding)"))
     return {"path": str(path), "max_abs_diff": worst, "n_inputs": len(inputs)}
 
 
@@ -396,7 +496,9 @@ def load_exported(path: str | os.PathLike, device: str | torch.device | None = "
 
 
 # Attributes a frozen module must keep (freezing inlines everything else into the graph).
-PREDICTOR_ATTRIBUTES = ["class_names", "mean_values", "std_values", "img_size", "resize_size", "arch", "format"]
+PREDICTOR_ATTRIBUTES = ["class_names", "mean_values", "std_values", "img_size", "resize_size", "arch", "format",
+                        "embedding_dim"]
+PREDICTOR_METHODS = ["probs_and_embedding"]  # exported methods besides forward that must survive freezing
 OPTIMIZE_TOLERANCE = 1e-5
 
 
@@ -409,13 +511,17 @@ def optimize_for_cpu(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     ``PREDICTOR_ATTRIBUTES`` remain.
     """
     preserved = [name for name in PREDICTOR_ATTRIBUTES if hasattr(module, name)]
+    methods = [name for name in PREDICTOR_METHODS if hasattr(module, name)]
     try:
         with quiet_torchscript():
-            optimized = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval(), preserved_attrs=preserved))
+            optimized = torch.jit.optimize_for_inference(
+                torch.jit.freeze(module.eval(), preserved_attrs=preserved + methods), other_methods=methods)
         size = int(module.resize_size)
         probe = torch.rand(2, 3, size, size + 17, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             diff = _max_abs_diff(optimized(probe), module(probe))
+            for name in methods:
+                diff = max(diff, _max_abs_diff(getattr(optimized, name)(probe)[1], getattr(module, name)(probe)[1]))
     except Exception as exc:  # an exotic model oneDNN cannot take: the plain module is correct, just slower
         log.debug("not optimising the exported module: %s", exc)
         return module
@@ -481,7 +587,7 @@ def predictor_test(test_dataloader, model_reloaded, batch_size: int = 32, worker
     mapped by class name when the model's class list differs from the data set's. ``test_dataloader`` may also
     be a list of ``(path, label)``.
     """
-    from .tagging import iter_predictions  # noqa: PLC0415 - tagging imports this module
+    from .pipeline import iter_predictions  # noqa: PLC0415 - pipeline imports this module
 
     dataset = getattr(test_dataloader, "dataset", test_dataloader)
     samples = list(getattr(dataset, "samples", dataset))
@@ -688,7 +794,7 @@ def predictor_from_checkpoints(checkpoint_paths: Sequence[str | os.PathLike]) ->
                                       f"ensembled (members share one preprocessing and one list of classes)")
     arch = archs[0] if len(paths) == 1 else "ensemble:" + "+".join(archs)
     model = models[0] if len(models) == 1 else Ensemble(models)
-    return Predictor(model, first["class_names"], first["mean"], first["std"], first["img_size"], arch=arch)
+    return make_predictor(model, first["class_names"], first["mean"], first["std"], first["img_size"], arch=arch)
 
 
 def export_main(args: argparse.Namespace) -> int:
@@ -701,7 +807,7 @@ def export_main(args: argparse.Namespace) -> int:
           f"max |difference| {report['max_abs_diff']:.1e}")
     if args.onnx:
         onnx_path = out.with_suffix(".onnx")
-        report = export_onnx(predictor, onnx_path)
+        report = export_onnx(predictor, onnx_path, metadata={"torchscript_sha256": file_sha256(out)})
         print(f"Exported {onnx_path}: checked with onnxruntime on {report['n_inputs']} inputs, "
               f"max |difference| {report['max_abs_diff']:.1e}")
     return 0

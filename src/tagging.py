@@ -19,11 +19,9 @@ import math
 import os
 import sys
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
 import torch
@@ -33,9 +31,11 @@ from tqdm.auto import tqdm
 from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir
 from .images import ImageLoadError, is_candidate_image
 from .landmarks import NO_LANDMARK, describe, display_name, format_latlon, landmark_info, xmp_gps_coordinate
-from .predictor import load_exported, load_image_tensor, prepare_for_batch, top_k
+from .backends import resolve_device
+from .pipeline import DEFAULT_BATCH_SIZE, PhotoResult, default_workers, iter_predictions  # noqa: F401 - re-exported
+from .pipeline import error_line as _error_line
+from .predictor import load_exported, load_image_tensor, top_k
 
-DEFAULT_BATCH_SIZE = 8  # on a CPU, per-photo cost is lowest at small batches (cache); a GPU wants --batch-size 64
 CREATOR_TOOL = "landmark-tagger"
 
 # --------------------------------------------------------------------------------------------------------------
@@ -82,92 +82,6 @@ def read_exif_gps(path: str | os.PathLike) -> tuple[float, float] | None:
 # --------------------------------------------------------------------------------------------------------------
 # Files -> predictions
 # --------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class PhotoResult:
-    """One photo's outcome: probabilities over the classes, or the one-line error."""
-
-    path: Path
-    probs: torch.Tensor | None = None
-    error: str | None = None
-    gps: tuple[float, float] | None = None
-
-
-def _error_line(path, exc: BaseException) -> str:
-    if isinstance(exc, ImageLoadError):
-        return str(exc)
-    return str(ImageLoadError(path, f"{type(exc).__name__}: {exc}"))
-
-
-def _decode(path: Path, resize_size: int, crop_size: int,
-            with_gps: bool) -> tuple[torch.Tensor | None, str | None, tuple | None]:
-    try:
-        image = prepare_for_batch(load_image_tensor(path, resize_size), resize_size, crop_size)
-    except Exception as exc:  # every failure of one photo stays with that photo
-        return None, _error_line(path, exc), None
-    return image, None, (read_exif_gps(path) if with_gps else None)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``"auto"`` -> the best available device (``src.helpers.get_device``); anything else as given."""
-    from .helpers import get_device  # noqa: PLC0415
-
-    return get_device(None if name in (None, "auto") else name)
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int = DEFAULT_BATCH_SIZE,
-                     workers: int | None = None, with_gps: bool = False, progress: bool = True,
-                     desc: str = "Tagging") -> Iterator[PhotoResult]:
-    """Predict every photo of ``paths`` with an exported model; yields one :class:`PhotoResult` per path, in order.
-
-    Worker threads decode, resize and cut photos to the module's square input (Pillow and torch release the GIL)
-    while the main thread runs the batched forward pass; at most two batches are decoded ahead, so memory stays
-    bounded on any folder size.
-    """
-    paths = [Path(p) for p in paths]
-    resize_size, crop_size = int(model.resize_size), int(model.img_size)
-    batch_size = max(1, int(batch_size))
-    workers = workers or default_workers()
-    device = next((b.device for b in model.buffers()), torch.device("cpu"))
-    bar = tqdm(total=len(paths), desc=desc, unit="photo", disable=not progress or len(paths) < 2)
-    pending: deque = deque()
-    next_index = 0
-    pool = ThreadPoolExecutor(max_workers=workers)
-
-    def fill() -> None:
-        nonlocal next_index
-        while next_index < len(paths) and len(pending) < 2 * batch_size + workers:
-            path = paths[next_index]
-            pending.append((path, pool.submit(_decode, path, resize_size, crop_size, with_gps)))
-            next_index += 1
-
-    try:
-        fill()
-        while pending:
-            batch = []
-            while pending and len(batch) < batch_size:
-                path, future = pending.popleft()
-                batch.append((path, *future.result()))
-                fill()
-            good = [i for i, (_, image, _, _) in enumerate(batch) if image is not None]
-            probs = None
-            if good:
-                # inference mode only around the forward: it is thread-local state, and a generator's caller
-                # runs between our yields
-                with torch.inference_mode():
-                    probs = model(torch.stack([batch[i][1] for i in good]).to(device)).float().cpu()
-            row_of = {i: r for r, i in enumerate(good)}
-            for i, (path, _, error, gps) in enumerate(batch):
-                yield PhotoResult(path, probs[row_of[i]].clone() if i in row_of else None, error, gps)
-            bar.update(len(batch))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # stopped early: do not decode what nobody will read
-        bar.close()
-
 
 def make_record(path: str, probs: torch.Tensor | None, class_names: Sequence[str], k: int = 5,
                 min_prob: float = 0.0, gps: tuple[float, float] | None = None, error: str | None = None) -> dict:
@@ -543,7 +457,7 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     journal = Journal(journal_path(out)) if todo else None
     try:
         pending_rows: list[dict] = []
-        for result in iter_predictions(model, todo, batch_size=batch_size, workers=workers, with_gps=True,
+        for result in iter_predictions(model, todo, batch_size=batch_size, workers=workers, per_file=read_exif_gps,
                                        progress=progress, desc=f"Tagging {folder}"):
             name = relative[result.path]
             record = make_record(name, result.probs, class_names, k, min_prob, result.gps, error=result.error)
