@@ -1,0 +1,429 @@
+"""Photo metadata: a photo's own GPS (EXIF), and what ``tag`` decided written where photo managers read it.
+
+Writing goes through ExifTool (Debian/Ubuntu ``libimage-exiftool-perl``, macOS ``brew install exiftool``), the
+reference implementation of XMP that darktable, digiKam and Lightroom users already trust: it merges into an
+existing sidecar and keeps every element it does not change (darktable's edit history, ratings, the user's own
+keywords), writes XMP structures (``Iptc4xmpExt:LocationShown``) and writes into JPEG/PNG/WEBP files without
+re-encoding them. One ``exiftool -stay_open`` process serves a whole run (through ``pyexiftool``), so a photo
+costs a read and a write, not two Perl start-ups.
+
+What is ours is recorded in our own namespace (``XMP-LandmarkTagger``, see ``metadata_exiftool.config``): the
+keywords and single fields we added, with their values. A later run replaces or removes exactly those, and
+never a value someone else wrote or changed since (a location the camera or the user recorded is never
+replaced).
+"""
+from __future__ import annotations
+
+import atexit
+import glob
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+from PIL import Image, ImageSequence
+
+from .images import is_candidate_image
+from .landmarks import landmark_info
+
+CREATOR_TOOL = "landmark-tagger"
+CONFIG_FILE = Path(__file__).resolve().with_name("metadata_exiftool.config")
+NS = "XMP-LandmarkTagger"
+LOCATION_ID_PREFIX = "urn:landmark-tagger:landmark:"  # marks the LocationShown entries that are ours
+LOCATION_SHOWN = "XMP-iptcExt:LocationShown"
+GPS_TAGS = ("XMP-exif:GPSLatitude", "XMP-exif:GPSLongitude", "XMP-exif:GPSMapDatum", "XMP-exif:GPSVersionID")
+# list field -> the field of our namespace that records which of its items we added
+LIST_TAGS = {"XMP-dc:Subject": "Keywords", "XMP-lr:HierarchicalSubject": "HierarchicalSubject",
+             "XMP-digiKam:TagsList": "TagsList"}
+# Pillow's name of a format -> the file name endings ExifTool accepts for it (it refuses a WEBP named .jpg)
+INTO_PHOTO_FORMATS = {"JPEG": (".jpg", ".jpeg", ".jpe"), "PNG": (".png",), "WEBP": (".webp",)}
+WRITE_STATUSES = ("ok",)  # anything else ("no_known_landmark", "low_confidence", "error") removes our fields
+# Strength of each outcome, to combine a sidecar's and the photo's into the one word a caller counts.
+_RANK = {"written": 5, "updated": 4, "removed": 3, "unchanged": 2, "unsupported": 1, "nothing": 0}
+
+
+class MetadataError(ValueError):
+    """One photo's metadata could not be written (one line naming the file and the reason); nothing was changed."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# EXIF GPS (Pillow: a header read, cheap enough for the decoding threads of ``tag``)
+# --------------------------------------------------------------------------------------------------------------
+
+GPS_IFD = 0x8825
+
+
+def _dms_to_degrees(dms, ref) -> float | None:
+    try:
+        parts = [float(v) for v in dms]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not parts or len(parts) > 3 or not all(math.isfinite(v) for v in parts):
+        return None
+    parts += [0.0] * (3 - len(parts))
+    value = parts[0] + parts[1] / 60.0 + parts[2] / 3600.0
+    if isinstance(ref, bytes):
+        ref = ref.decode("ascii", "ignore")
+    ref = str(ref or "").strip("\x00 ").upper()
+    return -value if ref in ("S", "W") else value
+
+
+def read_exif_gps(path: str | os.PathLike) -> tuple[float, float] | None:
+    """The photo's own GPS position ``(lat, lon)`` from its EXIF, or ``None`` when it has none (or a bogus one).
+
+    Reads only the header. ``(0, 0)`` is treated as "no fix" (cameras write it when they have none).
+    """
+    try:
+        with Image.open(path) as img:
+            gps = img.getexif().get_ifd(GPS_IFD)
+    except Exception:  # no EXIF, unreadable EXIF, not an image: no GPS either way
+        return None
+    if not gps or 2 not in gps or 4 not in gps:
+        return None
+    lat = _dms_to_degrees(gps.get(2), gps.get(1))
+    lon = _dms_to_degrees(gps.get(4), gps.get(3))
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
+        return None
+    return round(lat, 6), round(lon, 6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sidecar names
+# --------------------------------------------------------------------------------------------------------------
+
+def sidecar_path(photo: Path) -> Path:
+    """``photo.jpg`` -> ``photo.jpg.xmp``: the sidecar we create (darktable/digiKam convention; unlike
+    Lightroom's ``photo.xmp`` it never makes ``photo.jpg`` and ``photo.png`` share one sidecar)."""
+    photo = Path(photo)
+    return photo.with_name(photo.name + ".xmp")
+
+
+def sidecar_paths(photo: Path) -> list[Path]:
+    """The sidecars of ``photo`` that exist: ``photo.jpg.xmp`` and/or Lightroom's/Immich's ``photo.xmp``.
+
+    ``photo.xmp`` counts only when no other photo shares the stem (``photo.jpg`` + ``photo.png``: whose would it
+    be?); then only ``photo.jpg.xmp`` is used.
+    """
+    photo = Path(photo)
+    found = [p for p in (sidecar_path(photo), photo.with_suffix(".xmp")) if p.is_file()]
+    if len(found) == 2 or (found and found[0].name != photo.name + ".xmp"):
+        siblings = [p for p in photo.parent.glob(glob.escape(photo.stem) + ".*")
+                    if p != photo and p.suffix.lower() != ".xmp" and is_candidate_image(p)]
+        if siblings:
+            found = [p for p in found if p.name == photo.name + ".xmp"]
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The ExifTool process
+# --------------------------------------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_process = None
+_scratch: Path | None = None
+
+
+def exiftool_available() -> bool:
+    return shutil.which("exiftool") is not None
+
+
+def check_exiftool() -> None:
+    """Raise :class:`MetadataError` (one line, how to install it) when ExifTool is missing: call before a run."""
+    if not exiftool_available():
+        raise MetadataError("exiftool is not installed; it writes the XMP metadata (Debian/Ubuntu: apt-get install "
+                            "libimage-exiftool-perl; macOS: brew install exiftool; others: exiftool.org)")
+
+
+def _shutdown() -> None:
+    global _process
+    if _process is not None:
+        try:
+            _process.terminate()
+        except Exception:  # already gone: nothing to stop
+            pass
+        _process = None
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
+
+
+def _exiftool(*args: str, subject: Path | str | None = None) -> str:
+    """Run one ExifTool command in the shared ``-stay_open`` process; returns stdout; raises on its errors."""
+    global _process
+    import exiftool  # noqa: PLC0415 - only commands that write metadata need it
+
+    check_exiftool()
+    if any("\n" in a for a in args):  # -stay_open reads one argument per line
+        raise MetadataError(f"{subject or args[-1]}: a line break in a file name or value cannot be passed to exiftool")
+    with _lock:
+        if _process is None or not _process.running:
+            _process = exiftool.ExifTool(common_args=[], config_file=str(CONFIG_FILE), encoding="utf-8")
+            _process.run()
+            atexit.register(_shutdown)
+        out = _process.execute(*args)
+        status, err = _process.last_status, _process.last_stderr or ""
+    errors = [line.strip() for line in err.splitlines() if line.strip().startswith("Error")]
+    if status != 0 or errors:
+        reason = errors[0] if errors else (err.strip().splitlines() or [f"exit status {status}"])[0]
+        raise MetadataError(f"{subject or args[-1]}: exiftool: {reason.removeprefix('Error: ')}")
+    return out
+
+
+def _read(path: Path) -> dict:
+    """XMP of ``path`` (and its EXIF GPS) as ``{"XMP-dc:Subject": [...], ...}``; every value a string (exactly as
+    written: a keyword "1.50" stays "1.50"), lists and structures as lists and dicts."""
+    out = _exiftool("-j", "-struct", "-G1", "-n", "-XMP:all", "-GPS:GPSLatitude", "-GPS:GPSLongitude", str(path))
+    data = json.loads(out, parse_float=str, parse_int=str)[0] if out.strip() else {}
+    data.pop("SourceFile", None)
+    return data
+
+
+def _write(source: Path | None, target: Path, assign: dict, delete: list[str], subject: Path) -> None:
+    """ExifTool writes ``source`` + changes to the new file ``target`` (``source`` None: a new XMP file)."""
+    global _scratch
+    with _lock:
+        if _scratch is None:  # ExifTool takes structures (LocationShown) from a JSON file; ours, private
+            _scratch = Path(tempfile.mkdtemp(prefix="landmark-tagger-exiftool."))
+            atexit.register(_shutdown)
+    request = _scratch / f"{uuid.uuid4().hex}.json"
+    request.write_text(json.dumps([{"SourceFile": "*", **assign}], ensure_ascii=False), encoding="utf-8")
+    try:
+        args = ["-n", "-api", "Compact=Shorthand,OneDesc", f"-j={request}", *[f"-{tag}=" for tag in delete],
+                "-o", str(target)]
+        _exiftool(*args, *([str(source)] if source is not None else []), subject=subject)
+    finally:
+        request.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What to write
+# --------------------------------------------------------------------------------------------------------------
+
+def _as_list(value) -> list:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _norm(value):
+    """For comparing what a file holds with what we would write: numbers by value, bags as multisets."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _norm(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(sorted((_norm(v) for v in value), key=repr))
+    try:
+        return round(float(value), 6)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _place_part(text: str) -> str:
+    """A level of ``Places|Country|City|Landmark``: no separator of either hierarchy (``|``, ``/``) inside."""
+    return " & ".join(p.strip() for p in text.replace("|", "/").split("/") if p.strip())
+
+
+def wanted_fields(row: dict, provenance: dict, with_gps: bool = True) -> dict | None:
+    """Our fields for a tag row: ``{"single": {tag: value}, "lists": {tag: [items]}, "location": struct,
+    "provenance": {field: value}}``; ``None`` when the row says nothing is to be written (not ``ok``)."""
+    if row.get("status") not in WRITE_STATUSES or not row.get("landmark"):
+        return None
+    name, city, country = row["landmark"], row.get("city") or "", row.get("country") or ""
+    info = landmark_info(row["class"]) if row.get("class") else None
+    single: dict[str, str] = {}
+    if city:
+        single["XMP-photoshop:City"] = city
+    if country:
+        single["XMP-photoshop:Country"] = country
+    lat, lon = row.get("lat") or "", row.get("lon") or ""
+    source = row.get("gps_source") or ""
+    if with_gps and lat and lon and source in ("landmark", "exif"):
+        single.update({"XMP-exif:GPSLatitude": _fmt(float(lat)), "XMP-exif:GPSLongitude": _fmt(float(lon)),
+                       "XMP-exif:GPSMapDatum": "WGS-84", "XMP-exif:GPSVersionID": "2.2.0.0"})
+    countries = [c.strip() for c in country.split("/") if c.strip()]
+    keywords = list(dict.fromkeys(k for k in (name, city, *countries) if k))
+    parts = [_place_part(p) for p in ("Places", country, city, name) if p and _place_part(p)]
+    lists = {"XMP-dc:Subject": keywords, "XMP-lr:HierarchicalSubject": ["|".join(parts)],
+             "XMP-digiKam:TagsList": ["/".join(parts)]}
+    location = {"LocationName": name, "Identifier": [LOCATION_ID_PREFIX + (row.get("class") or name)]}
+    if city:
+        location["City"] = city
+    if country:
+        location["CountryName"] = country
+    # LocationShown is where the landmark is (the camera may have stood elsewhere: that is exif:GPS)
+    where = (info["lat"], info["lon"]) if info else ((float(lat), float(lon)) if source == "landmark" else None)
+    if where is not None:
+        location.update(GPSLatitude=_fmt(where[0]), GPSLongitude=_fmt(where[1]))
+    prov = {"Tool": provenance.get("tool") or CREATOR_TOOL, "Model": provenance.get("model"),
+            "ModelSHA256": provenance.get("model_sha256"), "Method": provenance.get("method"),
+            "Threshold": provenance.get("threshold"), "Confidence": row.get("prob") or None,
+            "Landmark": name, "LandmarkClass": row.get("class") or None}
+    return {"single": single, "lists": lists, "location": location,
+            "provenance": {k: str(v) for k, v in prov.items() if v is not None and v != ""}}
+
+
+def plan_changes(current: dict, wanted: dict | None, gps_allowed: bool = True) -> tuple[dict, list[str]]:
+    """``(assign, delete)``: the ExifTool changes that take a file holding ``current`` (from :func:`_read`) to
+    "its own fields plus ours", ours replaced by ``wanted`` (``None``: ours removed). Empty when nothing changes.
+
+    We replace or remove only what we recorded as ours and nobody changed since; we fill a field only when it is
+    empty, and GPS only when the file has no position at all (neither XMP nor, in a photo, EXIF).
+    """
+    ours_single = {}
+    for item in _as_list(current.get(f"{NS}:Fields")):
+        tag, _, value = str(item).partition("=")
+        if tag in current and _norm(current[tag]) == _norm(value):
+            ours_single[tag] = value
+    state = {k: v for k, v in current.items() if k not in ours_single and not k.startswith(NS + ":")}
+    for tag, record in LIST_TAGS.items():
+        ours = {str(v) for v in _as_list(current.get(f"{NS}:{record}"))}
+        state[tag] = [v for v in _as_list(current.get(tag)) if str(v) not in ours]
+    state[LOCATION_SHOWN] = [s for s in _as_list(current.get(LOCATION_SHOWN)) if not _is_ours(s)]
+
+    if wanted is not None:
+        fields = []
+        has_position = any(k in state for k in ("XMP-exif:GPSLatitude", "XMP-exif:GPSLongitude", "GPS:GPSLatitude"))
+        for tag, value in wanted["single"].items():
+            if tag in state or (tag in GPS_TAGS and (has_position or not gps_allowed)):
+                continue  # someone else's value (a camera's or a person's location) stays
+            state[tag] = value
+            fields.append(f"{tag}={value}")
+        for tag, items in wanted["lists"].items():
+            present = {str(v) for v in state[tag]}
+            added = [v for v in items if v not in present]  # a keyword the user already had stays theirs
+            state[tag] = state[tag] + added
+            if added:
+                state[f"{NS}:{LIST_TAGS[tag]}"] = added
+        state[LOCATION_SHOWN] = state[LOCATION_SHOWN] + [dict(wanted["location"])]
+        for key, value in wanted["provenance"].items():
+            state[f"{NS}:{key}"] = value
+        state[f"{NS}:LocationSource"] = "inferred from the landmark"
+        if any(f.startswith("XMP-exif:GPSLatitude=") for f in fields):
+            state[f"{NS}:GPSSource"] = ("copied from the photo's own EXIF GPS" if wanted.get("gps_source") == "exif"
+                                        else "inferred from the landmark")
+        if fields:
+            state[f"{NS}:Fields"] = fields
+
+    assign, delete = {}, []
+    for tag in sorted(set(current) | set(state)):
+        if tag.startswith("GPS:") or tag == "XMP-x:XMPToolkit":
+            continue
+        old, new = current.get(tag), state.get(tag)
+        if _as_list(new) == []:
+            if _as_list(old) != []:
+                delete.append(tag)
+        elif old is None or _norm(old) != _norm(new):
+            assign[tag] = new
+    return assign, delete
+
+
+def _is_ours(location) -> bool:
+    return isinstance(location, dict) and any(str(i).startswith(LOCATION_ID_PREFIX)
+                                              for i in _as_list(location.get("Identifier")))
+
+
+def _meaningful(data: dict) -> bool:
+    """Whether a file's XMP holds anything beyond the toolkit's name."""
+    return any(k.startswith("XMP") and k != "XMP-x:XMPToolkit" for k in data)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing a file atomically
+# --------------------------------------------------------------------------------------------------------------
+
+def _temporary_beside(path: Path) -> Path:
+    # same folder (one rename), hidden (never listed as a photo), same ending (ExifTool picks the format by it)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def _pixels(path: Path) -> list[tuple]:
+    with Image.open(path) as img:
+        return [(frame.mode, frame.size, frame.tobytes()) for frame in ImageSequence.Iterator(img)]
+
+
+def _update_file(path: Path, wanted: dict | None, is_photo: bool, gps_allowed: bool = True) -> str:
+    exists = path.exists() and (is_photo or path.stat().st_size > 0)
+    current = _read(path) if exists else {}
+    if exists and not is_photo and not _meaningful(current) and b"rdf:RDF" not in path.read_bytes():
+        raise MetadataError(f"{path}: not an XMP sidecar ExifTool can read; left as it is (move it away to let "
+                            "this tool write one)")
+    if wanted is None and not any(k.startswith(NS + ":") for k in current):
+        return "unchanged" if exists else "nothing"
+    assign, delete = plan_changes(current, wanted, gps_allowed)
+    if not assign and not delete:
+        return "unchanged"
+    if not is_photo and exists and wanted is None and not _meaningful(
+            {k: v for k, v in current.items() if k not in delete and not k.startswith(NS + ":")}
+            | {k: v for k, v in assign.items() if _as_list(v)}):
+        path.unlink()  # nothing left but what we had written: the sidecar goes with it
+        return "removed"
+    tmp = _temporary_beside(path)
+    try:
+        _write(path if exists else None, tmp, assign, delete, subject=path)
+        if is_photo:
+            if _pixels(tmp) != _pixels(path):  # ExifTool does not re-encode; checked, not assumed
+                raise MetadataError(f"{path}: writing the metadata would change the decoded pixels; photo left as "
+                                    "it was")
+            shutil.copystat(path, tmp)  # same permissions and date (apps fall back to it as the photo's date)
+        elif exists:
+            shutil.copymode(path, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not exists:
+        return "written"
+    return "removed" if wanted is None else "updated"
+
+
+def update_metadata(photo: Path, row: dict, provenance: dict, sidecar: bool = True, into_photo: bool = False) -> str:
+    """Bring ``photo``'s metadata in line with its tag CSV ``row``; returns one word for the caller to count.
+
+    ``row["status"] == "ok"``: our fields (GPS + datum, ``Iptc4xmpExt:LocationShown``, ``photoshop:City/Country``,
+    ``dc:subject``, ``lr:hierarchicalSubject``, ``digiKam:TagsList``, provenance in ``XMP-LandmarkTagger``) are
+    merged into every existing sidecar (``photo.jpg.xmp``, ``photo.xmp``), or a new ``photo.jpg.xmp``; anything
+    else: fields we wrote earlier are removed (the decision changed) and a sidecar left empty is deleted.
+    ``into_photo``: the same in the photo file itself (JPEG, PNG, WEBP), atomically, its decoded pixels checked
+    unchanged; never for an ``error`` row, never replacing the photo's own position.
+
+    Words: ``"written"`` (new sidecar), ``"updated"``, ``"removed"``, ``"unchanged"``, ``"nothing"`` (nothing to
+    write, nothing to remove), ``"unsupported"`` (into_photo on a format we do not write into). Raises
+    :class:`MetadataError` (one line: file and reason; nothing changed) for an unreadable sidecar, a write
+    ExifTool refuses, or a missing ExifTool.
+    """
+    photo = Path(photo)
+    wanted = wanted_fields(row, provenance)
+    if wanted is not None:
+        wanted["gps_source"] = row.get("gps_source") or ""
+    results = []
+    if sidecar:
+        targets = sidecar_paths(photo) or [sidecar_path(photo)]
+        results += [_update_file(target, wanted, is_photo=False) for target in targets]
+    if into_photo and row.get("status") != "error":
+        results.append(_update_photo(photo, wanted))
+    return max(results, key=_RANK.__getitem__) if results else "nothing"
+
+
+def _update_photo(photo: Path, wanted: dict | None) -> str:
+    try:
+        with Image.open(photo) as img:
+            kind = img.format
+    except Exception as exc:  # tag decoded it a moment ago; if it cannot be opened now, it is not touched
+        raise MetadataError(f"{photo}: cannot be opened to write metadata into it ({type(exc).__name__})") from None
+    if photo.suffix.lower() not in INTO_PHOTO_FORMATS.get(kind, ()):
+        return "unsupported"
+    # the camera's position is in the photo already: only an inferred one is worth writing into it
+    return _update_file(photo, wanted, is_photo=True,
+                        gps_allowed=wanted is not None and wanted.get("gps_source") == "landmark")
+
+
+def write_sidecar(photo: Path, row: dict) -> str:
+    """Sidecar only, provenance without a model (what ``tag --sidecar`` did before it passed its model)."""
+    return update_metadata(photo, row, {"tool": CREATOR_TOOL}, sidecar=True, into_photo=False)
