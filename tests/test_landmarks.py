@@ -18,7 +18,7 @@ COURSE_CLASSES = """00.Haleakala_National_Park 01.Mount_Rainier_National_Park 02
 32.Hanging_Temple 33.Sydney_Opera_House 34.Great_Barrier_Reef 35.Monumento_a_la_Revolucion
 36.Badlands_National_Park 37.Atomium 38.Forth_Bridge 39.Gateway_of_India 40.Stockholm_City_Hall 41.Machu_Picchu
 42.Death_Valley_National_Park 43.Gullfoss_Falls 44.Trevi_Fountain 45.Temple_of_Heaven 46.Great_Wall_of_China
-47.Prague_Astronomical_Clock 48.Whitehall_Street 49.Temple_of_Olympian_Zeus""".split()
+47.Prague_Astronomical_Clock 48.Whitby_Abbey 49.Temple_of_Olympian_Zeus""".split()
 
 DEV_CLASSES = """00.Alhambra_Palace 01.Angkor_Wat 02.Chichen_Itza 03.Cologne_Cathedral 04.Colosseum_Rome
 05.Dome_Of_The_Rock 06.Forbidden_City 07.Great_Pyramid_Of_Giza 08.Hagia_Sophia 09.Machu_Picchu
