@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -425,5 +426,13 @@ def _update_photo(photo: Path, wanted: dict | None) -> str:
 
 
 def write_sidecar(photo: Path, row: dict) -> str:
-    """Sidecar only, provenance without a model (what ``tag --sidecar`` did before it passed its model)."""
-    return update_metadata(photo, row, {"tool": CREATOR_TOOL}, sidecar=True, into_photo=False)
+    """Sidecar only, provenance without a model: the call of a ``tag`` that predates :func:`update_metadata`.
+
+    Keeps that caller's contract: never raises for one photo; a sidecar that cannot be written is reported on
+    stderr (one line) and counted ``"kept"`` (left as it is).
+    """
+    try:
+        return update_metadata(photo, row, {"tool": CREATOR_TOOL}, sidecar=True, into_photo=False)
+    except MetadataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return "kept"

@@ -15,69 +15,24 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
-from xml.sax.saxutils import escape, quoteattr
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir
+from .metadata import read_exif_gps, sidecar_path, write_sidecar
 from .images import ImageLoadError, is_candidate_image
-from .landmarks import NO_LANDMARK, describe, display_name, format_latlon, landmark_info, xmp_gps_coordinate
+from .landmarks import NO_LANDMARK, describe, display_name, format_latlon, landmark_info
 from .backends import resolve_device
 from .pipeline import DEFAULT_BATCH_SIZE, PhotoResult, default_workers, iter_predictions  # noqa: F401 - re-exported
 from .pipeline import error_line as _error_line
 from .predictor import load_exported, load_image_tensor, top_k
-
-CREATOR_TOOL = "landmark-tagger"
-
-# --------------------------------------------------------------------------------------------------------------
-# EXIF GPS
-# --------------------------------------------------------------------------------------------------------------
-
-GPS_IFD = 0x8825
-
-
-def _dms_to_degrees(dms, ref) -> float | None:
-    try:
-        parts = [float(v) for v in dms]
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    if not parts or len(parts) > 3 or not all(math.isfinite(v) for v in parts):
-        return None
-    parts += [0.0] * (3 - len(parts))
-    value = parts[0] + parts[1] / 60.0 + parts[2] / 3600.0
-    if isinstance(ref, bytes):
-        ref = ref.decode("ascii", "ignore")
-    ref = str(ref or "").strip("\x00 ").upper()
-    return -value if ref in ("S", "W") else value
-
-
-def read_exif_gps(path: str | os.PathLike) -> tuple[float, float] | None:
-    """The photo's own GPS position ``(lat, lon)`` from its EXIF, or ``None`` when it has none (or a bogus one).
-
-    Reads only the header. ``(0, 0)`` is treated as "no fix" (cameras write it when they have none).
-    """
-    try:
-        with Image.open(path) as img:
-            gps = img.getexif().get_ifd(GPS_IFD)
-    except Exception:  # no EXIF, unreadable EXIF, not an image: no GPS either way
-        return None
-    if not gps or 2 not in gps or 4 not in gps:
-        return None
-    lat = _dms_to_degrees(gps.get(2), gps.get(1))
-    lon = _dms_to_degrees(gps.get(4), gps.get(3))
-    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):
-        return None
-    return round(lat, 6), round(lon, 6)
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Files -> predictions
@@ -306,79 +261,6 @@ def list_photos(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
             if is_candidate_image(name) and path.resolve() not in excluded:
                 found.append(path)
     return found
-
-
-# --------------------------------------------------------------------------------------------------------------
-# XMP sidecars
-# --------------------------------------------------------------------------------------------------------------
-
-def sidecar_path(photo: Path) -> Path:
-    """``photo.jpg`` -> ``photo.jpg.xmp`` (darktable/digiKam convention; unlike Lightroom's ``photo.xmp`` it never
-    makes ``photo.jpg`` and ``photo.png`` share one sidecar)."""
-    return photo.with_name(photo.name + ".xmp")
-
-
-def sidecar_xml(row: dict) -> str | None:
-    """XMP packet for a tagged row: GPS (``exif:GPSLatitude`` "37,49.1940N" ...) and ``dc:subject`` keywords
-    (landmark, city, country). ``None`` when there is nothing to say (an error, or low confidence without GPS)."""
-    keywords = []
-    if row["status"] == "ok":
-        keywords = [v for v in (row["landmark"], row["city"], row["country"]) if v]
-    has_gps = bool(row["lat"]) and bool(row["lon"])
-    if not keywords and not has_gps:
-        return None
-    attrs = [f"xmp:CreatorTool={quoteattr(CREATOR_TOOL)}"]
-    if has_gps:
-        lat, lon = float(row["lat"]), float(row["lon"])
-        attrs += ['exif:GPSVersionID="2.2.0.0"', 'exif:GPSMapDatum="WGS-84"',
-                  f"exif:GPSLatitude={quoteattr(xmp_gps_coordinate(lat, True))}",
-                  f"exif:GPSLongitude={quoteattr(xmp_gps_coordinate(lon, False))}"]
-    if row["status"] == "ok":
-        if row["city"]:
-            attrs.append(f"photoshop:City={quoteattr(row['city'])}")
-        if row["country"]:
-            attrs.append(f"photoshop:Country={quoteattr(row['country'])}")
-    subject = ""
-    if keywords:
-        items = "".join(f"\n     <rdf:li>{escape(k)}</rdf:li>" for k in dict.fromkeys(keywords))
-        subject = f"\n   <dc:subject>\n    <rdf:Bag>{items}\n    </rdf:Bag>\n   </dc:subject>"
-    attr_text = "\n    ".join(attrs)
-    return (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-        f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="{CREATOR_TOOL}">\n'
-        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
-        '  <rdf:Description rdf:about=""\n'
-        '    xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
-        '    xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'
-        '    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"\n'
-        '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
-        f"    {attr_text}>{subject}\n"
-        "  </rdf:Description>\n"
-        " </rdf:RDF>\n"
-        "</x:xmpmeta>\n"
-        '<?xpacket end="w"?>\n'
-    )
-
-
-def write_sidecar(photo: Path, row: dict) -> str:
-    """Write (atomically) the XMP sidecar of one photo; the photo itself is never touched.
-
-    Returns ``"written"``, ``"nothing"`` (no keywords or GPS to record) or ``"kept"`` (a sidecar from another
-    program is there - darktable keeps its edit history in it - and is left alone).
-    """
-    xml = sidecar_xml(row)
-    if xml is None:
-        return "nothing"
-    target = sidecar_path(photo)
-    if target.exists():
-        try:
-            ours = f'CreatorTool="{CREATOR_TOOL}"' in target.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            ours = False
-        if not ours:
-            return "kept"
-    atomic_write_text(target, xml)
-    return "written"
 
 
 # --------------------------------------------------------------------------------------------------------------
