@@ -38,7 +38,7 @@ from common import RESULTS_DIR, format_table, machine
 from PIL import Image
 from torchvision import transforms
 
-from src.data import resize_size_for
+from src.data_config import resize_size_for
 from src.helpers import atomic_write_json, seed_everything
 from src.images import is_candidate_image
 from src.predictor import Predictor, export_torchscript, load_exported, load_image_tensor, predictor_from_checkpoint

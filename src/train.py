@@ -1,4 +1,4 @@
-"""The training engine every model uses, its checkpoints, and ``python -m src train``.
+"""The training engine every model uses, and ``python -m src train`` (its checkpoints: ``src.checkpoint``).
 
 ``optimize`` trains with a progress bar per epoch, keeps the best-by-validation weights (``best.pt``) and a
 ``last.pt`` that ``resume=True`` continues from, and writes the history (CSV, JSON) and a loss-curve PNG beside
@@ -32,20 +32,19 @@ from .distributed import ShardSampler, all_gather_object, all_reduce_sum, barrie
     get_rank, init_distributed, is_distributed, local_device, local_main_process_first, on_main_process, \
     sync_buffers, unshard, wrap_ddp
 from .distributed import is_main_process as _is_main_process
-from .helpers import CHECKPOINTS_DIR, atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text, \
-    ensure_writable_dir, get_device, in_notebook, seed_everything
+from .checkpoint import CheckpointError, checkpoint_metadata, checkpoint_state, first_mismatch, load_checkpoint, \
+    plain, run_metadata, save_checkpoint
+from .data import compute_mean_and_std, get_data_loaders, load_landmark_data
+from .data_config import resolve_data_config
+from .efficientnet_lite import OFFLINE_ARCHS
+from .feature_cache import DEFAULT_N_VIEWS, get_feature_loaders
+from .helpers import CHECKPOINTS_DIR, atomic_path, atomic_write_json, atomic_write_text, ensure_writable_dir, \
+    get_device, in_notebook, seed_everything
 from .model import SCRATCH_ARCHS, create_model
+from .transfer import CachedActivationModel
 from .optimization import get_loss, get_optimizer, get_scheduler, steps_per_batch
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "landmark-tagger/1"
-REQUIRED_KEYS = ("arch", "model_kwargs", "model", "class_names", "mean", "std", "img_size", "epoch")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, not ours, or does not fit the model; the message is one line."""
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Processes, devices, metrics
@@ -193,12 +192,6 @@ def evaluate(dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, amp: 
     return out
 
 
-def valid_one_epoch(valid_dataloader, model: nn.Module, loss: nn.Module, amp: bool = True,
-                    channels_last: bool = False) -> dict[str, float]:
-    """Validation loss and accuracy (``{"loss", "accuracy", ...}``)."""
-    return evaluate(valid_dataloader, model, loss, topk=5, amp=amp, channels_last=channels_last)
-
-
 def one_epoch_test(test_dataloader, model: nn.Module, loss: nn.Module, topk: int = 5, device=None,
                    return_predictions: bool = False, verbose: bool = True, tta: bool = False) -> dict:
     """Test loss, top-1 and top-``k`` accuracy; prints them unless ``verbose=False``.
@@ -219,25 +212,8 @@ def one_epoch_test(test_dataloader, model: nn.Module, loss: nn.Module, topk: int
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Checkpoints
+# Run files, and the random state a resume restores
 # --------------------------------------------------------------------------------------------------------------
-
-def plain(obj):
-    """``obj`` as plain JSON-like types (what ``torch.load(weights_only=True)`` and JSON accept)."""
-    if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, argparse.Namespace):
-        return plain(vars(obj))
-    return str(obj)
-
 
 def run_files(save_path: str | os.PathLike) -> dict[str, Path]:
     """The files of one run: ``best`` (= ``save_path``), ``last``, ``history_csv``, ``history_json``, ``plot``.
@@ -271,91 +247,6 @@ def _set_rng_state(state: Mapping) -> None:
         np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and validate a training checkpoint (``weights_only``: a checkpoint cannot run code).
-
-    Raises :class:`CheckpointError` with a one-line message for a missing, corrupt or foreign file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle of arbitrary objects, not a torch file at all, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        what = ("a bare state_dict" if isinstance(ckpt, dict) and ckpt and
-                all(isinstance(v, torch.Tensor) for v in ckpt.values()) else f"format {ckpt.get('format')!r}"
-                if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
-        raise CheckpointError(f"{path}: not a Landmark Tagger checkpoint (found {what}, expected format "
-                              f"{CHECKPOINT_FORMAT!r} written by `python -m src train`)")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    return ckpt
-
-
-def build_model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu") -> nn.Module:
-    """The checkpoint's model with its weights, in eval mode (pretrained weights are never downloaded)."""
-    kwargs = dict(ckpt.get("model_kwargs") or {})
-    if ckpt["arch"] not in SCRATCH_ARCHS:
-        kwargs["weights"] = None  # the checkpoint holds the weights
-    try:
-        model = create_model(ckpt["arch"], len(ckpt["class_names"]), **kwargs)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"cannot build arch {ckpt['arch']!r} from the checkpoint: {exc}") from None
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r} with "
-                              f"{len(ckpt['class_names'])} classes: {_first_mismatch(exc)}") from None
-    return model.to(device).eval()
-
-
-def _first_mismatch(exc: RuntimeError) -> str:
-    """The first problem ``load_state_dict`` lists (its message runs over many lines)."""
-    return next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))[:200]
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load weights from one of our checkpoints (or a bare ``state_dict`` file) into ``model``."""
-    try:
-        state = load_checkpoint(path)["model"]
-    except CheckpointError as not_ours:
-        try:  # a bare state_dict file
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            state = None
-        if not isinstance(state, dict):
-            raise not_ours from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit this model: {_first_mismatch(exc)}") from None
-    return model
-
-
-def _default_metadata(model: nn.Module, data_loaders: Mapping) -> dict:
-    ds = getattr(data_loaders.get("train"), "dataset", None)
-    arch = getattr(model, "arch", None) or next((k for k, c in SCRATCH_ARCHS.items() if type(model) is c), "scratch")
-    mean = getattr(model, "mean", None) or getattr(ds, "mean", None) or [0.5, 0.5, 0.5]
-    std = getattr(model, "std", None) or getattr(ds, "std", None) or [0.5, 0.5, 0.5]
-    return {"arch": arch, "model_kwargs": dict(getattr(model, "model_kwargs", {}) or {}),
-            "class_names": list(getattr(ds, "class_names", []) or []), "mean": mean, "std": std,
-            "img_size": None, "args": {}}
-
-
-def _infer_img_size(data_loaders: Mapping) -> int:
-    ds = getattr(data_loaders.get("valid"), "dataset", None)
-    transform = getattr(ds, "transform", None)
-    for t in getattr(transform, "transforms", []):
-        size = getattr(t, "size", None)
-        if type(t).__name__ == "CenterCrop" and size:
-            return int(size[0] if isinstance(size, (tuple, list)) else size)
-    return 224
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -472,10 +363,7 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
         channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    meta = _default_metadata(checkpoint_model, data_loaders)
-    meta.update(plain(dict(metadata or {})))
-    if not meta.get("img_size"):
-        meta["img_size"] = _infer_img_size(data_loaders)
+    meta = run_metadata(checkpoint_model, data_loaders, metadata)
     if seed is None:
         seed = int((meta.get("args") or {}).get("seed", 42) or 42)
     files = run_files(save_path)
@@ -491,7 +379,7 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
         try:
             checkpoint_model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"{files['last']}: weights do not fit this model: {_first_mismatch(exc)}") from None
+            raise CheckpointError(f"{files['last']}: weights do not fit this model: {first_mismatch(exc)}") from None
         if "optimizer" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -548,14 +436,13 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
                         "cpu_seconds": round(time.process_time() - cpu_started, 3), "best": improved})
         if not main:
             continue
-        state = {"format": CHECKPOINT_FORMAT, **meta, "model": checkpoint_model.state_dict(), "epoch": epoch,
-                 "history": history, "best_valid_loss": best_valid_loss}
+        state = checkpoint_state(meta, checkpoint_model, epoch, history=history, best_valid_loss=best_valid_loss)
         # best first: a kill between the two writes leaves last one epoch behind, and resume redoes that epoch.
         if improved:
-            atomic_torch_save(state, files["best"])
-        atomic_torch_save({**state, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                           "rng": _rng_state()}, files["last"])
+            save_checkpoint(state, files["best"])
+        save_checkpoint({**state, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                         "rng": _rng_state()}, files["last"])
         write_history(history, files)
         row = history[-1]
         valid_text = (f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.1%}" if validated
@@ -583,21 +470,18 @@ def optimize(data_loaders: Mapping, model: nn.Module, optimizer: torch.optim.Opt
 _LITE_RECIPE = {"epochs": 15, "lr": 3e-3, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "onecycle",
                 "label_smoothing": 0.1, "dropout": None, "augment": "standard", "batch_size": 32,
                 "backbone_lr_scale": 0.33, "unfreeze": 2}
+# Recipes only: the input size is the model's (src.data_config.resolve_data_config; --img-size overrides it).
 ARCH_DEFAULTS = {
-    "scratch": {"epochs": 30, "lr": 4e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 0.01,
-                "scheduler": "onecycle", "label_smoothing": 0.1, "dropout": 0.2, "augment": "course",
-                "batch_size": 16},
-    "course": {"epochs": 30, "lr": 1e-3, "img_size": 224, "optimizer": "adam", "weight_decay": 0.0,
-               "scheduler": "none", "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
-    "transfer": {"epochs": 10, "lr": 1e-3, "img_size": 224, "optimizer": "adamw", "weight_decay": 1e-4,
-                 "scheduler": "cosine", "label_smoothing": 0.1, "dropout": None, "augment": "standard",
-                 "batch_size": 32, "backbone_lr_scale": 0.1, "unfreeze": 0},
+    "scratch": {"epochs": 30, "lr": 4e-3, "optimizer": "adamw", "weight_decay": 0.01, "scheduler": "onecycle",
+                "label_smoothing": 0.1, "dropout": 0.2, "augment": "course", "batch_size": 16},
+    "course": {"epochs": 30, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0, "scheduler": "none",
+               "label_smoothing": 0.0, "dropout": 0.5, "augment": "course", "batch_size": 32},
+    "transfer": {"epochs": 10, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine",
+                 "label_smoothing": 0.1, "dropout": None, "augment": "standard", "batch_size": 32,
+                 "backbone_lr_scale": 0.1, "unfreeze": 0},
     # its last 2 stages and the head, on cached activations: it can be cut before them, so fine-tuning them costs
     # little more than a frozen backbone and measured better (benchmarks/bench_transfer.py, README.md)
-    "efficientnet_lite0": {**_LITE_RECIPE, "img_size": 224},
-    # the larger Lite models at the input size their weights were trained at
-    "efficientnet_lite1": {**_LITE_RECIPE, "img_size": 240},
-    "efficientnet_lite2": {**_LITE_RECIPE, "img_size": 260},
+    **{arch: dict(_LITE_RECIPE) for arch in OFFLINE_ARCHS},
 }
 RUN_SPECIFIC_ARGS = {"resume", "out", "data_dir", "workers", "device", "test_only", "compile", "command", "tta",
                      "topk"}
@@ -624,7 +508,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--widths", default=None, help="scratch model: channels of the four stages, e.g. 32,64,128,256")
     a("--depths", default=None, help="scratch model: residual blocks per stage, e.g. 1,1,2,1")
     a("--img-size", type=int, default=None,
-      help="input size in pixels (default 224; 240 for efficientnet_lite1, 260 for efficientnet_lite2)")
+      help="input size in pixels (default: the model's: 224; 240 for efficientnet_lite1, 260 for "
+           "efficientnet_lite2, the sizes their weights were trained at)")
     a("--augment", default=None, choices=["standard", "strong", "course"])
     a("--valid-size", type=float, default=0.2,
       help="share of train/ held out for validation; 0: train on every photo (a final refit once the recipe is "
@@ -655,22 +540,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--feature-cache", action=argparse.BooleanOptionalAction, default=True,
       help="transfer with a frozen backbone: compute backbone features once and train the head on them")
     a("--n-views", type=int, default=None,
-      help="transfer feature cache: views per training photo, the plain one included (default: src.transfer's)")
+      help=f"transfer feature cache: views per training photo, the plain one included (default {DEFAULT_N_VIEWS})")
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill arguments left at None with the recipe of ``args.arch`` (see ``ARCH_DEFAULTS``)."""
+    """Fill arguments left at None with the recipe of ``args.arch`` (see ``ARCH_DEFAULTS``) and the input size
+    with the model's."""
     defaults = ARCH_DEFAULTS.get(args.arch, ARCH_DEFAULTS["transfer"])
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    args.img_size = resolve_data_config(args.arch, getattr(args, "img_size", None)).img_size
     args.optimizer = args.optimizer.lower()
     if args.out is None:
         args.out = str(CHECKPOINTS_DIR / args.arch)
     return args
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict:
+def model_kwargs_from_args(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`src.model.create_model` for the training arguments ``args``."""
     if args.arch == "scratch":
         kwargs: dict[str, Any] = {"dropout": args.dropout}
         if args.widths:
@@ -688,11 +576,34 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def train_args(**overrides) -> argparse.Namespace:
+    """The arguments of ``python -m src train`` with its defaults, then ``overrides`` (Python names: ``img_size``).
+
+    ``run_training(train_args(arch="efficientnet_lite0", epochs=5))`` is ``python -m src train --arch
+    efficientnet_lite0 --epochs 5``. An unknown name raises ``TypeError`` (a typo must not be ignored silently).
+    """
+    parser = argparse.ArgumentParser(prog="python -m src train")
+    add_train_arguments(parser)
+    args = parser.parse_args([])
+    unknown = sorted(set(overrides) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"unknown training argument(s) {', '.join(unknown)}; see python -m src train --help")
+    for key, value in overrides.items():
+        setattr(args, key, str(value) if isinstance(value, Path) else value)
+    return args
+
+
+def feature_loader_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`src.feature_cache.get_feature_loaders` for the training arguments
+    ``args`` (resolved: :func:`resolve_defaults`)."""
+    return {"img_size": args.img_size, "n_views": args.n_views, "batch_size": args.batch_size,
+            "workers": args.workers, "seed": args.seed, "limit": args.limit, "augment": args.augment,
+            "device": args.device}
+
+
 def _given_args(args: argparse.Namespace) -> set[str]:
     """The arguments given on the command line (those differing from the parser's defaults), before the arch's
     recipe fills the rest in."""
-    from .notebook import train_args  # noqa: PLC0415
-
     defaults = vars(train_args())
     return {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
 
@@ -742,22 +653,18 @@ def run_training(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     device = local_device(get_device(args.device))  # cuda -> this process's own GPU under torchrun
 
-    from .data import compute_mean_and_std, get_data_loaders, load_landmark_data  # noqa: PLC0415
-
     with local_main_process_first():  # under torchrun one process per machine checks photos, fills caches
         data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=args.seed)
-    model_kwargs = _model_kwargs(args)
+    model_kwargs = model_kwargs_from_args(args)
     with local_main_process_first():  # ... and downloads pretrained weights
         model = create_model(args.arch, len(data.class_names), **model_kwargs)
     if getattr(model, "mean", None) is not None and getattr(model, "std", None) is not None:
         mean, std = [float(x) for x in model.mean], [float(x) for x in model.std]  # the backbone's own
     else:
+        # The training split's own statistics, the rule of compute_mean_and_std and the numbers `python -m src
+        # data` prints: the same photos, so one computation serves both (cached), never the validation photos.
         with local_main_process_first():
-            mean, std = compute_mean_and_std(data.root, samples=data.train + data.valid)
-    saved_kwargs = dict(model_kwargs)
-    if args.arch not in SCRATCH_ARCHS:
-        saved_kwargs["weights"] = None  # a rebuild takes the weights from the checkpoint, never downloads
-        saved_kwargs.pop("weights_path", None)  # ... nor reads the local weights file again
+            mean, std = compute_mean_and_std(data.root, samples=data.train)
     train_module = model
     if args.arch not in SCRATCH_ARCHS:
         model.backbone_lr_scale = float(args.backbone_lr_scale)
@@ -765,31 +672,25 @@ def run_training(args: argparse.Namespace) -> dict:
     if split is not None:
         # The frozen start of the backbone runs once per photo (and view); only its trainable end and the head
         # train, on the cached activations. Training them trains `model` (the same modules).
-        from .transfer import CachedActivationModel, get_feature_loaders  # noqa: PLC0415
-
-        args.mean, args.std = mean, std
-        loaders = get_feature_loaders(model, data, args)
+        loaders = get_feature_loaders(model, data, **feature_loader_options(args))
         train_module = (model.head if args.unfreeze == 0
                         else CachedActivationModel(split[1], model.head, model.backbone_lr_scale))
     else:
         loaders = get_data_loaders(batch_size=args.batch_size, valid_size=args.valid_size, num_workers=args.workers,
                                    limit=args.limit, img_size=args.img_size, mean=mean, std=std, seed=args.seed,
                                    augment=args.augment, cache_images=args.cache_images, data=data)
-    metadata = {"arch": args.arch, "model_kwargs": saved_kwargs, "class_names": list(data.class_names),
-                "mean": mean, "std": std, "img_size": args.img_size,
-                "args": {k: v for k, v in plain(vars(args)).items() if k not in ("mean", "std")}}
+    metadata = checkpoint_metadata(args.arch, model_kwargs, data.class_names, mean, std, args.img_size, args)
     loss = get_loss(args.label_smoothing)
 
     started = time.perf_counter()
-    history: list[dict] = []
     if not args.test_only:
         optimizer = get_optimizer(train_module, args.optimizer, learning_rate=args.lr, momentum=args.momentum,
                                   weight_decay=args.weight_decay)
         scheduler = get_scheduler(args.scheduler, optimizer, args.epochs, len(loaders["train"]),
                                   warmup_epochs=args.warmup_epochs)
-        history = optimize(loaders, train_module, optimizer, loss, args.epochs, files["best"],
-                           scheduler=scheduler, resume=args.resume, metadata=metadata, checkpoint_model=model,
-                           device=device, amp=args.amp, compile_model=args.compile, seed=args.seed)
+        optimize(loaders, train_module, optimizer, loss, args.epochs, files["best"], scheduler=scheduler,
+                 resume=args.resume, metadata=metadata, checkpoint_model=model, device=device, amp=args.amp,
+                 compile_model=args.compile, seed=args.seed)
     train_seconds = time.perf_counter() - started
 
     best = on_main_process(load_checkpoint, files["best"])
@@ -818,12 +719,3 @@ def train_main(args: argparse.Namespace) -> int:
         barrier()  # every process done before any leaves the group
     cleanup()
     return 0
-
-
-if __name__ == "__main__":  # python -m src.train ... (same as python -m src train ...)
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _parser = argparse.ArgumentParser(prog="python -m src.train")
-    add_train_arguments(_parser)
-    sys.exit(train_main(_parser.parse_args()))

@@ -9,7 +9,6 @@ Each rank writes REPORT_DIR/rank{R}.json; an assertion that fails makes the rank
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,13 +20,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src import distributed as D  # noqa: E402
-from src.data import get_data_loaders, load_landmark_data, make_loader, resize_size_for  # noqa: E402
+from src.data import get_data_loaders, load_landmark_data, make_loader  # noqa: E402
+from src.data_config import resize_size_for  # noqa: E402
 from src.helpers import seed_everything  # noqa: E402
 from src.model import MyModel  # noqa: E402
 from src.optimization import get_loss, get_optimizer  # noqa: E402
 from src.train import evaluate, train_one_epoch  # noqa: E402
-from src.transfer import TransferModel, compute_feature_cache, extract_features, feature_transforms, \
+from src.feature_cache import compute_feature_cache, extract_features, feature_transforms, \
     get_feature_loaders  # noqa: E402
+from src.transfer import TransferModel  # noqa: E402
 
 RANK = int(os.environ["RANK"])
 SMALL = {"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "dropout": 0.2}
@@ -154,8 +155,7 @@ def run_steps(folder: str, data_dir: str) -> int:
     cache_files = sorted(p.name for p in cache["path"].parent.iterdir())
 
     # The head trains with DDP on the cached features like a model on photos.
-    args = argparse.Namespace(img_size=32, n_views=2, batch_size=4, workers=0, seed=3)
-    feature_loaders = get_feature_loaders(transfer, data, args)
+    feature_loaders = get_feature_loaders(transfer, data, img_size=32, n_views=2, batch_size=4, workers=0, seed=3)
     assert isinstance(feature_loaders["test"].sampler, D.ShardSampler)
     head = D.wrap_ddp(transfer.head, "cpu")
     head_optimizer = get_optimizer(transfer.head, "adam", learning_rate=0.05)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_dataset, refused_url
-from src import data as data_module
-from src.data import (DataNotFoundError, download_file, load_landmark_data, resolve_data_dir)
+from src import download as data_module
+from src.data import load_landmark_data
+from src.download import DataNotFoundError, download_file, resolve_data_dir
 from src.data_cli import add_data_arguments, data_main
 
 

@@ -195,7 +195,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def assert_checkpoint_loads(path: Path) -> dict:
     """Loads with ``weights_only=True`` (plain types only) and passes the project's own validation."""
-    from src.train import load_checkpoint
+    from src.checkpoint import load_checkpoint
 
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert isinstance(raw, dict) and raw.get("format") == "landmark-tagger/1", path
@@ -979,7 +979,7 @@ def _mismatched_checkpoints(trained, folder: Path) -> dict[str, tuple[Path, set[
     """Checkpoints whose declared architecture or classes do not fit their weights, and a hostile one, each with
     the entry points where it is a fault (``train --resume`` follows the run's saved arguments, so a declared
     architecture alone does not mislead it)."""
-    from src.train import load_checkpoint
+    from src.checkpoint import load_checkpoint
 
     folder.mkdir()
     good = load_checkpoint(trained.run / "last.pt")
@@ -1009,7 +1009,7 @@ def test_mismatched_or_hostile_checkpoints_give_one_clear_line(trained, tmp_path
     """``export``, ``build_model_from_checkpoint``, ``load_weights`` and ``train --resume`` on a checkpoint whose
     architecture or classes do not fit its weights, or whose pickle would run code: one clear line, the file left
     as it was, the code never run."""
-    from src.train import CheckpointError, build_model_from_checkpoint, load_checkpoint, load_weights
+    from src.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint, load_weights
 
     files = _mismatched_checkpoints(trained, tmp_path / "ckpts")
     checks = {}

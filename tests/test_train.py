@@ -19,9 +19,8 @@ from src.data import get_data_loaders
 from src.helpers import PROJECT_ROOT, seed_everything
 from src.model import MyModel
 from src.optimization import get_loss, get_optimizer, get_scheduler
-from src.train import (ARCH_DEFAULTS, CHECKPOINT_FORMAT, CheckpointError, add_train_arguments,
-                       build_model_from_checkpoint, load_checkpoint, one_epoch_test, optimize, run_files,
-                       run_training)
+from src.checkpoint import CHECKPOINT_FORMAT, CheckpointError, build_model_from_checkpoint, load_checkpoint
+from src.train import ARCH_DEFAULTS, add_train_arguments, one_epoch_test, optimize, run_files, run_training
 
 SMALL = {"widths": [8, 16, 32, 32], "depths": [1, 1, 1, 1], "dropout": 0.2}
 

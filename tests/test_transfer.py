@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from src import transfer
+from src import efficientnet_lite, feature_cache, transfer
 from src.data import load_landmark_data, scan_split
+from src.feature_cache import get_feature_loaders
 from src.optimization import get_optimizer
 from src.helpers import quiet_torchscript
 from src.images import open_image
@@ -20,7 +21,6 @@ from src.transfer import (
     TransferModel,
     WeightsUnavailableError,
     backbone_stages,
-    get_feature_loaders,
     get_model_transfer_learning,
 )
 from tests.conftest import make_photo
@@ -105,7 +105,7 @@ def test_unfreeze_efficientnet_lite0_stages_and_dropout_head():
 def test_offline_backbone_loads_the_packaged_weights_and_matches_the_reference_code(arch):
     from efficientnet_lite_pytorch import EfficientNet
 
-    path = transfer.efficientnet_lite_weights_file(arch)
+    path = efficientnet_lite.efficientnet_lite_weights_file(arch)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = get_model_transfer_learning(arch, n_classes=5).eval()
     assert torch.equal(model.backbone._conv_stem.weight, state["_conv_stem.weight"])
@@ -113,13 +113,13 @@ def test_offline_backbone_loads_the_packaged_weights_and_matches_the_reference_c
     reference = EfficientNet.from_name(arch.replace("_", "-"))  # ReLU6 everywhere: set_swish() is never called
     reference.load_state_dict(state)
     reference.eval()
-    size = transfer.LITE_VARIANTS[arch][1]  # the reference pads for this size only
+    size = efficientnet_lite.LITE_VARIANTS[arch][1]  # the reference pads for this size only
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         expected = reference._avg_pooling(reference.extract_features(x)).flatten(1)
         assert torch.allclose(model.backbone(x), expected, atol=1e-5)
         # Folding batch norms for fast extraction keeps the features.
-        assert torch.allclose(transfer.inference_backbone(model.backbone)(x), expected, atol=1e-4)
+        assert torch.allclose(feature_cache.inference_backbone(model.backbone)(x), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch, size", [(OFFLINE_ARCH, 97), ("resnet18", 64)])
@@ -192,25 +192,20 @@ def test_real_resnet18_weights_when_cached():
 # Feature cache
 # --------------------------------------------------------------------------------------------------------------
 
-class _Args:
-    img_size = 32
-    n_views = 2
-    batch_size = 8
-    workers = 0
-    seed = 0
+_ARGS = {"img_size": 32, "n_views": 2, "batch_size": 8, "workers": 0, "seed": 0}
 
 
 @pytest.fixture
 def count_extractions(monkeypatch):
     """Counts backbone preparations for extraction (one per split extracted): 0 means served from the cache."""
     calls = []
-    real = transfer.inference_backbone
+    real = feature_cache.inference_backbone
 
     def counting(backbone):
         calls.append(1)
         return real(backbone)
 
-    monkeypatch.setattr(transfer, "inference_backbone", counting)
+    monkeypatch.setattr(feature_cache, "inference_backbone", counting)
     return calls
 
 
@@ -218,7 +213,7 @@ def test_feature_cache_is_reused_and_rebuilt_when_data_changes(tiny_dataset, cou
     torch.manual_seed(0)
     model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None)
     data = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
-    loaders = get_feature_loaders(model, data, _Args())
+    loaders = get_feature_loaders(model, data, **_ARGS)
     assert len(count_extractions) == 3
     train = loaders["train"].dataset
     assert train.features.shape == (len(data.train), 2, model.num_features)
@@ -230,7 +225,7 @@ def test_feature_cache_is_reused_and_rebuilt_when_data_changes(tiny_dataset, cou
 
     # Second run: nothing recomputed, identical features.
     count_extractions.clear()
-    again = get_feature_loaders(model, load_landmark_data(tiny_dataset, valid_size=0.2, seed=0), _Args())
+    again = get_feature_loaders(model, load_landmark_data(tiny_dataset, valid_size=0.2, seed=0), **_ARGS)
     assert count_extractions == [] and again["train"].dataset.from_cache
     for split in ("train", "valid", "test"):
         assert torch.equal(again[split].dataset.features, loaders[split].dataset.features)
@@ -238,7 +233,7 @@ def test_feature_cache_is_reused_and_rebuilt_when_data_changes(tiny_dataset, cou
     # A new training photo: the cache no longer fits, features are rebuilt.
     make_photo(tiny_dataset / "train" / "00.Landmark_A" / "new.jpg", 0, 77)
     changed = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
-    rebuilt = get_feature_loaders(model, changed, _Args())
+    rebuilt = get_feature_loaders(model, changed, **_ARGS)
     assert len(count_extractions) == 3 and not rebuilt["train"].dataset.from_cache
     assert len(rebuilt["train"].dataset) + len(rebuilt["valid"].dataset) == len(data.train) + len(data.valid) + 1
 
@@ -246,7 +241,7 @@ def test_feature_cache_is_reused_and_rebuilt_when_data_changes(tiny_dataset, cou
     count_extractions.clear()
     with torch.no_grad():
         model.backbone._conv_head.weight.mul_(2)
-    get_feature_loaders(model, changed, _Args())
+    get_feature_loaders(model, changed, **_ARGS)
     assert len(count_extractions) == 3
 
 
@@ -254,8 +249,8 @@ def test_cached_features_are_what_the_model_computes_on_a_photo(tiny_dataset):
     """The fast path trains the head on exactly the features the exported model (backbone + head) sees."""
     model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=3, weights=None).eval()
     data = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
-    loaders = get_feature_loaders(model, data, _Args())
-    plain, _ = transfer.feature_transforms(_Args.img_size, model.mean, model.std)
+    loaders = get_feature_loaders(model, data, **_ARGS)
+    plain, _ = feature_cache.feature_transforms(_ARGS["img_size"], model.mean, model.std)
     path, label = data.test[1]
     with torch.no_grad():
         direct = model.backbone(plain(open_image(path)).unsqueeze(0))[0]
@@ -269,7 +264,7 @@ def test_unreadable_photo_is_skipped_not_fatal(tiny_dataset):
     data = load_landmark_data(tiny_dataset, valid_size=0.2, seed=0)
     broken = data.test[0][0]
     broken.write_bytes(b"now corrupt")  # broken after the data set was checked
-    loaders = get_feature_loaders(model, data, _Args())
+    loaders = get_feature_loaders(model, data, **_ARGS)
     assert len(loaders["test"].dataset) == len(data.test) - 1
 
 
@@ -279,7 +274,7 @@ def test_offline_backbone_features_separate_two_real_landmarks(shared_data):
     held-out photos. (Random weights or the wrong normalisation fail this.)"""
     classes = sorted(p.name for p in (shared_data / "train").iterdir() if p.is_dir())
     model = get_model_transfer_learning(OFFLINE_ARCH, n_classes=2).eval()
-    plain, _ = transfer.feature_transforms(224, model.mean, model.std)
+    plain, _ = feature_cache.feature_transforms(224, model.mean, model.std)
 
     def features(split: str, n: int):
         samples = scan_split(shared_data / split, classes)  # the first two landmarks are labels 0 and 1
@@ -322,7 +317,8 @@ def test_cli_trains_on_cached_features_and_exports(tiny_dataset, tmp_path, unfre
     from src.data import get_data_loaders
     from src.optimization import get_loss
     from src.predictor import Predictor, export_torchscript
-    from src.train import build_model_from_checkpoint, load_checkpoint, one_epoch_test
+    from src.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from src.train import one_epoch_test
 
     out = tmp_path / "run"
     argv = ["train", "--arch", OFFLINE_ARCH, "--data-dir", str(tiny_dataset), "--epochs", "4", "--img-size", "64",
@@ -374,7 +370,7 @@ def test_efficientnet_lite0_cut_before_its_trainable_stages(unfreeze):
     with torch.no_grad():
         whole = model.backbone(x)
         assert torch.allclose(end(start(x)), whole, atol=1e-5)
-        assert torch.allclose(end(transfer.inference_backbone(start)(x)), whole, atol=1e-3, rtol=1e-3)
+        assert torch.allclose(end(feature_cache.inference_backbone(start)(x)), whole, atol=1e-3, rtol=1e-3)
     assert not any(p.requires_grad for p in start.parameters())
     trainable = {id(p) for p in model.backbone.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in end.parameters() if p.requires_grad}
