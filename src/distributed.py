@@ -368,11 +368,6 @@ def sync_buffers(model: nn.Module, src: int = 0) -> None:
         dist.broadcast(buffer.data, src=src)
 
 
-def global_batch_size(per_process: int) -> int:
-    """Samples per optimizer step over the whole job: each process takes ``per_process`` (``--batch-size``)."""
-    return int(per_process) * get_world_size()
-
-
 def padded_size(n: int, world_size: int | None = None) -> int:
     """Samples per epoch a :class:`~torch.utils.data.DistributedSampler` gives over all processes (``n`` rounded
     up to a multiple of the process count: the training metrics count those few repeats too)."""

@@ -24,7 +24,6 @@ JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "._.ds_store"}
 NON_IMAGE_SUFFIXES = {".txt", ".md", ".json", ".csv", ".xmp", ".ini", ".db", ".py", ".zip", ".pt", ".npz",
                       # phone and camera folders hold videos beside the photos: never photos, often gigabytes
                       ".mp4", ".mov", ".m4v", ".avi", ".mkv", ".mts", ".m2ts", ".3gp", ".wmv", ".webm"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
 
 # The model only ever sees the central square of a photo (resize the shorter side, then center-crop), so nothing
 # beyond this aspect ratio can matter, while a 50000x1 "photo" resized to 256 px on its shorter side would need
