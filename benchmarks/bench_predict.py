@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                     counts["tag"] = (summary.tagged, summary.errors)
                 walls[method].append(time.perf_counter() - start)
                 cpus[method].append(time.process_time() - cpu_start)
-                print(f"  run {r + 1} {method}: {walls[method][-1]:.2f} s wall, {cpus[method][-1]:.2f} s CPU", flush=True)
+                print(f"  run {r + 1} {method}: {walls[method][-1]:.2f} s wall, {cpus[method][-1]:.2f} s CPU",
+                      flush=True)
 
         # single-image latency: a typical photo, through the file as loaded and as `predict` loads it (optimised)
         sample = photos[0]
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             for label, module in (("loaded", model), ("optimized", optimized)):
                 latency[f"forward_ms_{label}"] = round(median_ms(lambda: module(image), args.warmup, args.runs), 2)
                 latency[f"file_to_probs_ms_{label}"] = round(median_ms(
-                    lambda: module(load_image_tensor(sample, int(module.resize_size))[None]), args.warmup, args.runs), 2)
+                    lambda: module(load_image_tensor(sample, int(module.resize_size))[None]), args.warmup, args.runs),
+                    2)
 
     course_s = statistics.median(walls["course"])
     course_cpu = statistics.median(cpus["course"])
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine(), "load_average_before_after": [round(x, 2) for x in load_before + os.getloadavg()],
               "arch": predictor.arch, "img_size": predictor.img_size,
               "resize_size": resize_size_for(predictor.img_size), "weights": args.checkpoint or "random",
-              "threads": args.threads, "load_optimized_s": round(load_optimized_s, 2), "repeat": args.repeat, "walls_s": walls, "cpu_s": cpus, "throughput": rows,
+              "threads": args.threads, "load_optimized_s": round(load_optimized_s, 2), "repeat": args.repeat,
+              "walls_s": walls, "cpu_s": cpus, "throughput": rows,
               "latency": {"photo": sample.name, "shape": list(image.shape), "runs": args.runs, "warmup": args.warmup,
                           **latency}}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

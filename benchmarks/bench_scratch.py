@@ -6,8 +6,9 @@ Trains ``--arch course`` (five conv-BN-ReLU-maxpool blocks, 1024-unit dense laye
 course's Resize+RandomCrop+flip augmentation) then ``--arch scratch`` (``MyModel`` with its default recipe from
 ``src/train.py``), each by running ``python -m src train`` in a child process, and prints test accuracy and
 training time for both. The children get ``OMP_WAIT_POLICY=PASSIVE`` unless set: on a CPU shared with other
-work, OpenMP threads that spin while waiting make PyTorch up to 10x slower. Interrupted? Run the same command with ``--resume``: each model continues
-from its ``last.pt``. Results: ``benchmarks/results/NAME.json`` (default ``bench_scratch``).
+work, OpenMP threads that spin while waiting make PyTorch up to 10x slower. Interrupted? Run the same command
+with ``--resume``: each model continues from its ``last.pt``. Results: ``benchmarks/results/NAME.json``
+(default ``bench_scratch``).
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             return proc.returncode or 1
         result = json.loads((runs_dir / arch / "test_metrics.json").read_text())
         history = json.loads((runs_dir / arch / "history.json").read_text())
-        rows.append({**result, "train_argv": train_argv, "interruptions": interruptions, "wall_s": round(time.perf_counter() - started, 1),
+        rows.append({**result, "train_argv": train_argv, "interruptions": interruptions,
+                     "wall_s": round(time.perf_counter() - started, 1),
                      # epochs' own time, summed over interrupted and resumed parts of the run
                      "train_s": round(sum(h["seconds"] for h in history), 1),
                      # CPU time of the training process (2 threads): not inflated by other work on the machine

@@ -37,8 +37,6 @@ from pathlib import Path
 
 from common import RESULTS_DIR, format_table, save_results
 
-import torch
-
 from src.checkpoint import build_model_from_checkpoint, load_checkpoint
 from src.data import compute_mean_and_std, get_data_loaders, limit_samples, load_landmark_data
 from src.helpers import seed_everything
@@ -152,7 +150,6 @@ def run_ensemble(args, out: Path) -> dict:
     seeds = [int(s) for s in args.ensemble_seeds.split(",")]
     members = [run_ours(args, out / f"seed{seed}", shlex.split(args.ensemble_args), f"ensemble member (seed {seed})",
                         arch=args.ensemble_arch, seed=seed, photo_check=False) for seed in seeds]
-    load_before = _load()
     started, cpu_before = time.perf_counter(), _cpu_seconds()
     exported = out / "ensemble_exported.pt"
     export_torchscript(predictor_from_checkpoints([out / f"seed{seed}" / "best.pt" for seed in seeds]), exported)
@@ -202,7 +199,8 @@ def run_finetune(args, init: Path, out: Path, previous_s: float, previous_cpu_s:
     return {"method": f"fine-tuned (last {args.unfreeze} stages)", "epochs": args.finetune_epochs,
             "test_acc": test["accuracy"], "test_acc_photos": test["accuracy"], "n_test": test["count"],
             "best_epoch": min(history, key=lambda h: h["valid_loss"])["epoch"], "finetune_s": round(wall, 1),
-            "wall_s": round(wall + previous_s, 1), "cpu_s": round(cpu + previous_cpu_s, 1), "load_before": load_before, "load_after": _load(),
+            "wall_s": round(wall + previous_s, 1), "cpu_s": round(cpu + previous_cpu_s, 1), "load_before": load_before,
+            "load_after": _load(),
             "recipe": f"from ours; last {args.unfreeze} stages at {args.finetune_lr / 10:g}, head at "
                       f"{args.finetune_lr:g}, AdamW wd 1e-4, cosine, label smoothing 0.1, standard augmentation, "
                       f"channels-last"}

@@ -1,7 +1,6 @@
 """Transfer learning: model construction, freezing, TorchScript, offline weights, the feature cache."""
 from __future__ import annotations
 
-import os
 import urllib.error
 from pathlib import Path
 
