@@ -17,6 +17,8 @@ COMMANDS = {
     "tag": ("src.tagging", "add_tag_arguments", "tag_main", "tag every photo in a folder into a CSV"),
     "evaluate": ("src.tagging", "add_evaluate_arguments", "evaluate_main",
                  "accuracy of an exported model on the labelled photos of a data set's test/ folder"),
+    "report": ("src.report", "add_report_arguments", "report_main",
+               "one HTML page of a tagged library: map, gallery by landmark, counts"),
     "cv": ("src.crossval", "add_cv_arguments", "cv_main",
            "cross-validate models and ensembles on the training photos (choose one without the test set)"),
 }
