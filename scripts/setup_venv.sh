@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install the given requirements file into it; re-running only installs what changed.
+# Create .venv (once) and install the given requirements file into it at the exact versions of requirements.lock;
+# re-running only installs when a requirements file or the lock changed.
 # Usage: scripts/setup_venv.sh requirements.txt|requirements-dev.txt
+# A CPU-only machine can take PyTorch's CPU build (no CUDA libraries, about 4 GB less) where its index is
+# reachable: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup_venv.sh ... (docs/development.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 req="${1:-requirements.txt}"
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
+    echo "Creating the virtual environment .venv with $("$PYTHON" --version 2>&1) ..."
     "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.installed-$(basename "$req")"
-if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -r "$req"
+if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
+    echo "Installing $req into .venv at the versions pinned in requirements.lock:"
+    grep -vE '^\s*(#|-r|$)' "$req" | sed 's/^/  /'
+    if [ "$req" != requirements.txt ]; then
+        echo "  and requirements.txt:"
+        grep -vE '^\s*(#|-r|$)' requirements.txt | sed 's/^/    /'
+    fi
+    if [ "$(uname -s)" = Linux ] && [ -z "${PIP_EXTRA_INDEX_URL:-}${PIP_INDEX_URL:-}" ]; then
+        echo "The first time this downloads about 3 GB and fills about 6 GB: torch brings its CUDA libraries (about"
+        echo "4 GB installed), used with an NVIDIA GPU; a CPU-only machine can skip them (docs/development.md)."
+    fi
+    .venv/bin/python -m pip install --upgrade pip
+    .venv/bin/python -m pip install -r "$req" -c requirements.lock
     touch "$stamp"
+    echo "Installed $req into .venv."
 fi
