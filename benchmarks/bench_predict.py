@@ -41,7 +41,8 @@ from torchvision import transforms
 from src.data_config import resize_size_for
 from src.helpers import atomic_write_json, seed_everything
 from src.images import is_candidate_image
-from src.predictor import Predictor, export_torchscript, load_exported, load_image_tensor, predictor_from_checkpoint
+from src.export import predictor_from_checkpoint
+from src.predictor import Predictor, export_torchscript, load_exported, load_image_tensor
 from src.tagging import DEFAULT_BATCH_SIZE, list_photos, tag_folder
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "landmarks13"

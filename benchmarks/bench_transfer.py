@@ -41,7 +41,8 @@ from src.checkpoint import build_model_from_checkpoint, load_checkpoint
 from src.data import compute_mean_and_std, get_data_loaders, limit_samples, load_landmark_data
 from src.helpers import seed_everything
 from src.optimization import get_loss, get_optimizer, get_scheduler
-from src.predictor import export_torchscript, load_exported, predictor_from_checkpoints
+from src.export import predictor_from_checkpoints
+from src.predictor import export_torchscript, load_exported
 from src.tagging import evaluate_exported
 from src.train import add_train_arguments, one_epoch_test, optimize, run_training
 from src.transfer import CourseTransferModel

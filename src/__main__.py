@@ -12,15 +12,19 @@ from .helpers import quiet_torchscript
 COMMANDS = {
     "data": ("src.data_cli", "add_data_arguments", "data_main", "find or download the photos, check them, print mean/std"),
     "train": ("src.train", "add_train_arguments", "train_main", "train a model (scratch CNN or transfer)"),
-    "export": ("src.predictor", "add_export_arguments", "export_main", "export a checkpoint to TorchScript (and ONNX)"),
-    "predict": ("src.tagging", "add_predict_arguments", "predict_main", "top-k landmarks and location for photos"),
+    "export": ("src.export", "add_export_arguments", "export_main",
+               "export a checkpoint to TorchScript (and ONNX), with its landmark index and threshold"),
+    "calibrate": ("src.calibrate", "add_calibrate_arguments", "calibrate_main",
+                  "build an exported model's landmark index and calibrate its 'no known landmark' threshold"),
+    "predict": ("src.predict", "add_predict_arguments", "predict_main", "top-k landmarks and location for photos"),
     "tag": ("src.tagging", "add_tag_arguments", "tag_main", "tag every photo in a folder into a CSV"),
-    "evaluate": ("src.tagging", "add_evaluate_arguments", "evaluate_main",
+    "evaluate": ("src.evaluation", "add_evaluate_arguments", "evaluate_main",
                  "accuracy of an exported model on the labelled photos of a data set's test/ folder"),
     "report": ("src.report", "add_report_arguments", "report_main",
                "one HTML page of a tagged library: map, gallery by landmark, counts"),
     "cv": ("src.crossval", "add_cv_arguments", "cv_main",
            "cross-validate models and ensembles on the training photos (choose one without the test set)"),
+    "serve": ("src.serve", "add_serve_arguments", "serve_main", "HTTP service: recognise landmarks in uploaded photos"),
 }
 
 

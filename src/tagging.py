@@ -1,140 +1,43 @@
-"""Predicting and tagging photos in bulk: ``python -m src predict`` and ``python -m src tag``; scoring an exported
-model on labelled photos: ``python -m src evaluate``.
+"""Tagging a folder of photos: ``python -m src tag DIR --model M --out tags.csv [--sidecar]``.
 
-Both commands turn a file into model input the same way (:func:`src.predictor.load_image_tensor`), so a photo
-gets the same answer from either. A file that is not a usable photo gets a one-line error naming it and the
-reason; the others go on.
-
-``tag`` decodes photos in worker threads (Pillow and torch release the GIL) while the main thread runs batched
-forward passes, writes a CSV atomically, keeps a journal so a killed run loses at most the batch in flight, and
-skips photos already tagged on a second run.
+Every photo is decided by :class:`src.recognizer.Recognizer` (a landmark with a calibrated confidence, or "no
+known landmark"), decoded in worker threads while batched forward passes run (:mod:`src.pipeline`). The CSV is
+written atomically, a journal keeps what a killed run finished, and a second run skips photos already decided
+*by the same model, index and threshold*: when any of them changed, those photos are decided again, and the CSV
+and the metadata we wrote (sidecars, ``--write-into-photo``) are updated together, with what changed reported.
+A file that is not a usable photo gets a one-line error naming it and the reason; the others go on.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir
-from .metadata import read_exif_gps, sidecar_path, write_sidecar
-from .images import ImageLoadError, is_candidate_image
-from .landmarks import NO_LANDMARK, describe, display_name, format_latlon, landmark_info
-from .backends import resolve_device
-from .pipeline import DEFAULT_BATCH_SIZE, PhotoResult, default_workers, iter_predictions  # noqa: F401 - re-exported
-from .pipeline import error_line as _error_line
-from .predictor import load_exported, load_image_tensor, top_k
-
-# --------------------------------------------------------------------------------------------------------------
-# Files -> predictions
-# --------------------------------------------------------------------------------------------------------------
-
-def make_record(path: str, probs: torch.Tensor | None, class_names: Sequence[str], k: int = 5,
-                min_prob: float = 0.0, gps: tuple[float, float] | None = None, error: str | None = None) -> dict:
-    """The answer for one photo as plain data (what ``predict --json`` prints and a ``tag`` row holds).
-
-    ``status``: ``"ok"``, ``"low_confidence"`` (top probability below ``min_prob``: reported as "no known
-    landmark" and given no landmark location) or ``"error"``. ``lat``/``lon``: the photo's own EXIF position when it
-    has one (``gps_source: "exif"``), else the top landmark's (``"landmark"``), else none.
-    """
-    record = {"path": path, "status": "error", "landmark": None, "class": None, "prob": None, "city": None,
-              "country": None, "lat": None, "lon": None, "gps_source": None, "top_k": [], "error": error}
-    if probs is None:
-        record["error"] = error or f"{path}: no prediction"
-        return record
-    best = top_k(probs, class_names, k)
-    for folder, p in best:
-        info = landmark_info(folder) or {}
-        record["top_k"].append({"class": folder, "name": display_name(folder), "prob": round(p, 6),
-                                "city": info.get("city"), "country": info.get("country"),
-                                "lat": info.get("lat"), "lon": info.get("lon")})
-    top = record["top_k"][0]
-    record["prob"] = top["prob"]
-    if top["prob"] < min_prob:
-        record.update(status="low_confidence", landmark=NO_LANDMARK)
-    else:
-        record.update(status="ok", landmark=top["name"], city=top["city"], country=top["country"])
-        record["class"] = top["class"]
-        if top["lat"] is not None:
-            record.update(lat=top["lat"], lon=top["lon"], gps_source="landmark")
-    if gps is not None:
-        record.update(lat=gps[0], lon=gps[1], gps_source="exif")
-    return record
-
-
-def format_record(record: dict) -> str:
-    """Human-readable lines for one photo (what ``predict`` prints without ``--json``)."""
-    if record["status"] == "error":
-        return f"error: {record['error']}"
-    lines = [record["path"]]
-    if record["status"] == "low_confidence":
-        lines.append(f"  {NO_LANDMARK} (best guess below the --min-prob threshold)")
-    for i, entry in enumerate(record["top_k"], 1):
-        lines.append(f"  {i}. {describe(entry['class'], entry['prob'])}")
-    if record["gps_source"] == "exif":
-        lines.append(f"  photo's own location (EXIF GPS): {format_latlon(record['lat'], record['lon'])}")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# predict
-# --------------------------------------------------------------------------------------------------------------
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files")
-    parser.add_argument("--model", required=True, help="exported model (checkpoints/*_exported.pt)")
-    parser.add_argument("-k", type=int, default=5, help="how many guesses per photo (default 5)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per photo (one per line)")
-    parser.add_argument("--min-prob", type=float, default=0.0,
-                        help="below this top probability, say 'no known landmark' (default 0: always guess)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (the best available)")
-
-
-def predict_main(args: argparse.Namespace) -> int:
-    """Predict each photo on its own (file -> :func:`load_image_tensor` -> the exported module, optimised for the
-    CPU); bad files are reported and skipped.
-
-    Exit status 0 only when every photo succeeded.
-    """
-    device = resolve_device(args.device)
-    model = load_exported(args.model, device=device, optimize=True)
-    class_names = list(model.class_names)
-    resize_size = int(model.resize_size)
-    failures = 0
-    for image_path in args.images:
-        try:
-            image = load_image_tensor(image_path, resize_size)
-            with torch.inference_mode():
-                probs = model(image.unsqueeze(0).to(device))[0].float().cpu()
-            record = make_record(image_path, probs, class_names, args.k, args.min_prob, read_exif_gps(image_path))
-        except Exception as exc:  # one bad photo never stops the others
-            record = make_record(image_path, None, class_names, error=_error_line(image_path, exc))
-        if record["status"] == "error":
-            failures += 1
-            print(f"error: {record['error']}", file=sys.stderr)
-            if args.json:
-                print(json.dumps(record, ensure_ascii=False), flush=True)
-        else:
-            print(json.dumps(record, ensure_ascii=False) if args.json else format_record(record), flush=True)
-    return 0 if failures == 0 else 1
-
+from .images import is_candidate_image
+from .metadata import MetadataError, read_exif_gps, sidecar_paths, update_metadata
+from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
+from .predict import add_model_arguments
 
 # --------------------------------------------------------------------------------------------------------------
 # tag: CSV rows, journal, resume
 # --------------------------------------------------------------------------------------------------------------
 
-CSV_COLUMNS = ["path", "status", "landmark", "class", "prob", "city", "country", "lat", "lon", "gps_source",
-               "top_k", "top_k_probs", "error"]
-DONE_STATUSES = ("ok", "low_confidence")  # rows kept on a rerun; "error" rows are tried again
+# The first 13 columns are those of CSVs written before "no known landmark" was calibrated; such a CSV is read
+# (its rows count as decided by an unknown model, so they are decided again) and rewritten with all columns.
+CSV_COLUMNS_V1 = ["path", "status", "landmark", "class", "prob", "city", "country", "lat", "lon", "gps_source",
+                  "top_k", "top_k_probs", "error"]
+CSV_COLUMNS = CSV_COLUMNS_V1 + ["threshold", "method", "decided_by", "metadata"]
+DONE_STATUSES = ("ok", "no_known_landmark")  # rows kept on a rerun (if decided the same way); errors are retried
+OLD_STATUSES = {"low_confidence": "no_known_landmark"}
 
 
 def record_to_row(record: dict) -> dict[str, str]:
@@ -151,7 +54,8 @@ def record_to_row(record: dict) -> dict[str, str]:
         "lon": fmt(record["lon"], 6 if record["gps_source"] == "exif" else 4), "gps_source": fmt(record["gps_source"]),
         "top_k": "|".join(e["name"] for e in record["top_k"]),
         "top_k_probs": "|".join(f"{e['prob']:.4f}" for e in record["top_k"]),
-        "error": fmt(record["error"]),
+        "error": fmt(record["error"]), "threshold": fmt(record.get("threshold"), 4),
+        "method": fmt(record.get("method")),
     }
 
 
@@ -173,16 +77,18 @@ def _parse_rows(text: str, source: Path, header_required: bool) -> list[dict]:
         return []
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
-    if header != CSV_COLUMNS:
+    if header not in (CSV_COLUMNS, CSV_COLUMNS_V1):
         if header_required:
             raise TagFileError(f"{source}: exists but is not a tag CSV written by this command (its header is "
                                f"{header}); move it or choose another --out")
         return []
     rows = []
     for values in reader:
-        if len(values) != len(CSV_COLUMNS):
+        if len(values) != len(header):
             continue  # a torn line from a killed run
-        row = dict(zip(CSV_COLUMNS, values))
+        row = dict.fromkeys(CSV_COLUMNS, "")
+        row.update(zip(header, values))
+        row["status"] = OLD_STATUSES.get(row["status"], row["status"])
         if row["path"] and row["status"] in (*DONE_STATUSES, "error"):
             rows.append(row)
     return rows
@@ -269,20 +175,20 @@ def list_photos(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
 
 def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="folder of photos (searched recursively)")
-    parser.add_argument("--model", required=True, help="exported model (checkpoints/*_exported.pt)")
+    add_model_arguments(parser, k=3)
     parser.add_argument("--out", required=True, help="CSV to write (paths in it are relative to DIR)")
-    parser.add_argument("-k", type=int, default=3, help="how many guesses per photo (default 3)")
-    parser.add_argument("--min-prob", type=float, default=0.0,
-                        help="below this top probability a photo is marked 'no known landmark' (status "
-                             "low_confidence, no landmark location) instead of guessing (default 0)")
     parser.add_argument("--sidecar", action="store_true",
-                        help="write PHOTO.xmp sidecars (e.g. photo.jpg.xmp) with GPS and keywords; originals are "
-                             "never modified, and sidecars written by other programs are left alone")
+                        help="write XMP sidecars (photo.jpg.xmp, or merge into an existing photo.jpg.xmp/photo.xmp "
+                             "of another program, keeping its content) with the place; photos with no known "
+                             "landmark get none")
+    parser.add_argument("--write-into-photo", action="store_true",
+                        help="also write the same fields into the photo files themselves (JPEG/PNG/WEBP), "
+                             "atomically, pixels untouched; off by default")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"photos per forward pass (default {DEFAULT_BATCH_SIZE}, best on a CPU; 64 on a GPU)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
-    parser.add_argument("--redo", action="store_true", help="tag every photo again instead of skipping done ones")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (the best available)")
+    parser.add_argument("--redo", action="store_true",
+                        help="decide every photo again, even those decided by this same model and threshold")
 
 
 @dataclass
@@ -290,70 +196,120 @@ class TagSummary:
     total: int = 0
     skipped: int = 0
     tagged: int = 0
-    low_confidence: int = 0
+    no_landmark: int = 0
     errors: int = 0
-    sidecars_written: int = 0
-    sidecars_kept: int = 0
+    metadata: dict = field(default_factory=dict)   # outcome word -> count (written, updated, removed, ...)
+    metadata_errors: int = 0
+    changed: list = field(default_factory=list)    # (path, before, after) of decisions that changed
+    redecided: int = 0
     seconds: float = 0.0
 
+    @property
+    def low_confidence(self) -> int:  # the name of this count before "no known landmark" was calibrated
+        return self.no_landmark
 
-def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int = 3, min_prob: float = 0.0,
+
+def _verdict(row: dict) -> str:
+    return row.get("landmark") or "" if row.get("status") == "ok" else (
+        "no known landmark" if row.get("status") == "no_known_landmark" else "error")
+
+
+def run_info_path(out: Path) -> Path:
+    """``tags.csv`` -> ``tags.csv.json``: the photo folder and what decided the rows (read by ``report``)."""
+    return out.with_name(out.name + ".json")
+
+
+def _metadata_targets(sidecar: bool, into_photo: bool) -> str:
+    return "+".join(t for t, on in (("sidecar", sidecar), ("photo", into_photo)) if on)
+
+
+def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int = 3, min_prob: float | None = None,
                sidecar: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-               redo: bool = False, progress: bool = True, device: str = "cpu") -> TagSummary:
-    """Tag every photo under ``folder`` into the CSV ``out``; see ``python -m src tag --help``.
+               redo: bool = False, progress: bool = True, device: str = "cpu", into_photo: bool = False,
+               backend: str = "auto") -> TagSummary:
+    """Tag every photo under ``folder`` into the CSV ``out``; see the module docstring and ``tag --help``.
 
-    Resume: rows of a previous run (the CSV, plus the journal of a killed run) whose status is ``ok`` or
-    ``low_confidence`` are kept and their photos skipped; ``error`` rows are tried again (the file may have been
-    fixed, and failing is quick). Finished rows go to a journal after every batch (a killed run loses at most
-    the batch in flight); the CSV is rewritten atomically at the end, or when the run is interrupted, sorted by
-    path, and the journal removed. Error lines go to stderr.
+    ``model``: a :class:`~src.recognizer.Recognizer`, a loaded exported module, or a path to an exported file.
+    ``min_prob`` None: the model's calibrated threshold.
     """
+    from .recognizer import Recognizer
+
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     ensure_writable_dir(out.parent)  # a read-only or mistyped --out fails before any work
-    if not isinstance(model, torch.nn.Module):
-        model = load_exported(model, device=resolve_device(device), optimize=True)
-    class_names = list(model.class_names)
+    if isinstance(model, Recognizer):
+        recognizer = model
+    elif isinstance(model, (str, os.PathLike)):
+        from .backends import resolve_device
+
+        recognizer = Recognizer.load(model, device=resolve_device(device), backend=backend)
+    else:
+        recognizer = Recognizer(model)
+    decided_by = recognizer.decided_by(min_prob)
+    provenance = recognizer.provenance(min_prob)
     started = time.perf_counter()
-    rows = read_existing_rows(out)  # also refuses an --out that is some other CSV, even with redo
-    if redo:
-        rows = {}
-        journal_path(out).unlink(missing_ok=True)
-    done = {p for p, row in rows.items() if row["status"] in DONE_STATUSES}
+    previous = read_existing_rows(out)  # also refuses an --out that is some other CSV, even with redo
+    rows = dict(previous)
+    done = set() if redo else {p for p, row in rows.items()
+                               if row["status"] in DONE_STATUSES and row.get("decided_by") == decided_by}
     photos = list_photos(folder, exclude=[out])
     relative = {p: p.relative_to(folder).as_posix() for p in photos}
     todo = [p for p in photos if relative[p] not in done]
     summary = TagSummary(total=len(photos), skipped=len(photos) - len(todo))
+    summary.redecided = sum(1 for p in todo if relative[p] in previous and previous[relative[p]]["status"] != "error")
     if summary.skipped:
-        tqdm.write(f"{summary.skipped} of {len(photos)} photos already tagged in {out}; tagging the other {len(todo)}")
+        tqdm.write(f"{summary.skipped} of {len(photos)} photos already decided the same way in {out}; "
+                   f"deciding the other {len(todo)}")
+    targets = _metadata_targets(sidecar, into_photo)
 
-    def count_sidecar(result: str) -> None:
-        summary.sidecars_written += result == "written"
-        summary.sidecars_kept += result == "kept"
+    def apply_metadata(photo: Path, row: dict, earlier: str) -> None:
+        """Our metadata follows the decision: where asked now, or where an earlier run wrote it."""
+        wanted = targets or earlier
+        if not wanted:
+            return
+        try:
+            word = update_metadata(photo, row, provenance, sidecar="sidecar" in wanted, into_photo="photo" in wanted)
+        except MetadataError as exc:  # the photo's decision stands in the CSV; its metadata is left as it was
+            summary.metadata_errors += 1
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+            row["metadata"] = earlier
+            return
+        summary.metadata[word] = summary.metadata.get(word, 0) + 1
+        row["metadata"] = wanted
 
-    if sidecar:  # photos done in an earlier run without --sidecar get theirs now (no prediction needed)
+    if sidecar:  # photos decided earlier without --sidecar get theirs now (no prediction needed)
         for p in photos:
-            if relative[p] in done and not sidecar_path(p).exists():
-                count_sidecar(write_sidecar(p, rows[relative[p]]))
+            row = rows.get(relative[p])
+            if relative[p] in done and row["status"] == "ok" and not sidecar_paths(p):
+                apply_metadata(p, row, row.get("metadata", ""))
     journal = Journal(journal_path(out)) if todo else None
     try:
         pending_rows: list[dict] = []
-        for result in iter_predictions(model, todo, batch_size=batch_size, workers=workers, per_file=read_exif_gps,
-                                       progress=progress, desc=f"Tagging {folder}"):
+        threshold = recognizer.min_prob if min_prob is None else float(min_prob)
+        for result in iter_predictions(recognizer.backend, todo, batch_size=batch_size, workers=workers,
+                                       per_file=read_exif_gps, progress=progress, desc=f"Tagging {folder}"):
             name = relative[result.path]
-            record = make_record(name, result.probs, class_names, k, min_prob, result.gps, error=result.error)
-            if record["status"] == "error":
+            if result.probs is None:
+                record = recognizer.error_record(name, result.error)
                 summary.errors += 1
                 tqdm.write(f"error: {record['error']}", file=sys.stderr)
             else:
+                emb = None if result.embedding is None else result.embedding.unsqueeze(0)
+                record = recognizer.decide(result.probs.unsqueeze(0), emb, [name], k, threshold, [result.gps])[0]
                 summary.tagged += 1
-                summary.low_confidence += record["status"] == "low_confidence"
+                summary.no_landmark += record["status"] == "no_known_landmark"
             row = record_to_row(record)
+            row["decided_by"] = decided_by
+            before = previous.get(name)
+            earlier = (before or {}).get("metadata", "")
+            row["metadata"] = earlier
+            if before is not None and before["status"] != "error" and _verdict(before) != _verdict(row):
+                summary.changed.append((name, _verdict(before), _verdict(row)))
+            if record["status"] != "error":
+                apply_metadata(result.path, row, earlier)
             rows[name] = row
             pending_rows.append(row)
-            if sidecar and record["status"] != "error":
-                count_sidecar(write_sidecar(result.path, row))
             if len(pending_rows) >= batch_size:
                 journal.write(pending_rows)
                 pending_rows = []
@@ -365,97 +321,30 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
         # Also on Ctrl-C or an unexpected error: everything finished so far lands in the CSV.
         atomic_write_text(out, rows_to_csv(rows[p] for p in sorted(rows)))
         journal_path(out).unlink(missing_ok=True)
+        atomic_write_json(run_info_path(out), {"folder": str(folder.resolve()), "csv": out.name,
+                                               "decided_by": decided_by, **provenance})
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def tag_main(args: argparse.Namespace) -> int:
-    """Exit status 0 when every photo was tagged (a low-confidence answer counts as tagged), 1 if any failed."""
+    """Exit status 0 when every photo was decided ("no known landmark" counts as decided), 1 if any failed."""
     summary = tag_folder(args.folder, args.model, args.out, k=args.k, min_prob=args.min_prob, sidecar=args.sidecar,
-                         batch_size=args.batch_size, workers=args.workers, redo=args.redo, device=args.device)
+                         batch_size=args.batch_size, workers=args.workers, redo=args.redo, device=args.device,
+                         into_photo=args.write_into_photo, backend=args.backend)
     new = summary.tagged + summary.errors
     rate = f", {new / summary.seconds:.1f} photos/s" if new and summary.seconds > 0 else ""
-    parts = [f"{summary.total} photos: {summary.tagged} tagged ({summary.low_confidence} no known landmark), "
-             f"{summary.skipped} already done, {summary.errors} failed{rate} -> {args.out}"]
-    if args.sidecar:
-        parts.append(f"{summary.sidecars_written} XMP sidecars written"
-                     + (f", {summary.sidecars_kept} left alone (written by another program)"
-                        if summary.sidecars_kept else ""))
+    parts = [f"{summary.total} photos: {summary.tagged - summary.no_landmark} with a landmark, {summary.no_landmark} "
+             f"no known landmark, {summary.skipped} already done, {summary.errors} failed{rate} -> {args.out}"]
+    if summary.metadata or summary.metadata_errors:
+        words = ", ".join(f"{n} {word}" for word, n in sorted(summary.metadata.items()))
+        parts.append(f"metadata: {words}" + (f", {summary.metadata_errors} failed" if summary.metadata_errors else ""))
     print("; ".join(parts))
-    return 0 if summary.errors == 0 else 1
-
-
-# --------------------------------------------------------------------------------------------------------------
-# evaluate: accuracy of an exported file on labelled photos (what ships, not the training checkpoint)
-# --------------------------------------------------------------------------------------------------------------
-
-def evaluate_exported(model, samples: Sequence[tuple[str | os.PathLike, str]], k: int = 5,
-                      batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-                      progress: bool = True) -> dict:
-    """Top-1 and top-``k`` accuracy of an exported model on ``samples`` = ``[(photo path, class folder name)]``.
-
-    Labels are matched to the model's classes by folder name, so the data set's class order does not matter; a
-    class the model does not know raises ``ValueError``. Unreadable photos are counted in ``errors`` (with their
-    one-line reasons), not scored. Returns ``{"accuracy", "topk_accuracy", "k", "count", "errors",
-    "per_class": {folder: accuracy}}``.
-    """
-    class_names = list(model.class_names)
-    unknown = sorted({label for _, label in samples} - set(class_names))
-    if unknown:
-        raise ValueError(f"the model does not know the classes {', '.join(unknown[:5])}"
-                         f"{' ...' if len(unknown) > 5 else ''} (it has {len(class_names)} classes)")
-    k = max(1, min(int(k), len(class_names)))
-    correct, correct_k, errors = 0, 0, []
-    per_class: dict[str, list[int]] = {}
-    labels = [label for _, label in samples]
-    results = iter_predictions(model, [p for p, _ in samples], batch_size, workers, progress=progress,
-                               desc="Evaluating")
-    for label, result in zip(labels, results):
-        if result.probs is None:
-            errors.append(result.error)
-            continue
-        top = [name for name, _ in top_k(result.probs, class_names, k)]
-        hit = top[0] == label
-        correct += hit
-        correct_k += label in top
-        per_class.setdefault(label, [0, 0])
-        per_class[label][0] += hit
-        per_class[label][1] += 1
-    count = sum(n for _, n in per_class.values())
-    return {"accuracy": correct / count if count else 0.0, "topk_accuracy": correct_k / count if count else 0.0,
-            "k": k, "count": count, "errors": errors,
-            "per_class": {name: hits / n for name, (hits, n) in sorted(per_class.items())}}
-
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="exported model (checkpoints/*_exported.pt)")
-    parser.add_argument("--data-dir", default=None,
-                        help="data folder or zip (default: $LANDMARK_DATA, else data/landmark_images)")
-    parser.add_argument("--split", default="test", choices=["test", "train"],
-                        help="which folder of the data set to score (default: test)")
-    parser.add_argument("-k", type=int, default=5, help="also report top-k accuracy (default 5)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results to this JSON file")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (the best available)")
-
-
-def evaluate_main(args: argparse.Namespace) -> int:
-    from .data import resolve_data_dir, scan_split  # noqa: PLC0415
-
-    model = load_exported(args.model, device=resolve_device(args.device), optimize=True)
-    split_dir = resolve_data_dir(args.data_dir) / args.split
-    samples = [(p, p.parent.name) for p, _ in scan_split(split_dir)]
-    if not samples:
-        raise ValueError(f"{split_dir}: no photos")
-    result = evaluate_exported(model, samples, k=args.k, batch_size=args.batch_size)
-    for error in result["errors"]:
-        print(f"error: {error}", file=sys.stderr)
-    width = max((len(display_name(c)) for c in result["per_class"]), default=0)
-    for name, accuracy in result["per_class"].items():
-        print(f"  {display_name(name):<{width}}  {accuracy:6.1%}")
-    print(f"{args.split.capitalize()} accuracy of {args.model}: {result['accuracy']:.1%} "
-          f"(top-{result['k']} {result['topk_accuracy']:.1%}) on {result['count']} photos in {split_dir}"
-          + (f"; {len(result['errors'])} unreadable" if result["errors"] else ""))
-    if args.json:
-        atomic_write_json(args.json, {"model": str(args.model), "split_dir": str(split_dir), **result})
-    return 0
+    if summary.redecided:
+        print(f"{summary.redecided} photos decided again (model, landmark index or threshold changed): "
+              f"{len(summary.changed)} changed their answer" + (":" if summary.changed else ""))
+        for name, before, after in summary.changed[:20]:
+            print(f"  {name}: {before} -> {after}")
+        if len(summary.changed) > 20:
+            print(f"  ... and {len(summary.changed) - 20} more (see {args.out})")
+    return 0 if summary.errors == 0 and summary.metadata_errors == 0 else 1

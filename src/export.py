@@ -1,0 +1,113 @@
+"""``python -m src export``: a training checkpoint (or several: their ensemble) -> one self-contained TorchScript
+file (and ONNX with ``--onnx``), then its landmark index and calibrated threshold beside it (``src.calibrate``).
+
+Export does not need the training engine: checkpoints are read by ``src.checkpoint``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .helpers import ensure_writable_dir
+from .predictor import (SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, Ensemble, Predictor, default_export_path,
+                        export_onnx, export_torchscript, file_sha256,
+                        make_predictor)
+from .data_config import DEFAULT_IMG_SIZE
+from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line: python -m src export --checkpoint PATH [--out FILE.pt] [--onnx]
+# --------------------------------------------------------------------------------------------------------------
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, nargs="+", metavar="PATH",
+                        help="training checkpoint (e.g. runs/scratch/best.pt); several: export their ensemble (the "
+                             "average of their probabilities)")
+    parser.add_argument("--out", default=None,
+                        help=f"exported file (default: checkpoints/{SCRATCH_EXPORT_NAME} for a from-scratch model, "
+                             f"checkpoints/{TRANSFER_EXPORT_NAME} otherwise)")
+    parser.add_argument("--onnx", action="store_true", help="also write an ONNX file beside it (same name, .onnx)")
+    parser.add_argument("--data-dir", default=None,
+                        help="data set for the landmark index and calibration (default: the one it was trained on)")
+    parser.add_argument("--no-index", action="store_true",
+                        help="do not build the landmark index / calibrate (make it later with python -m src calibrate)")
+    from .calibrate import add_calibration_arguments
+
+    add_calibration_arguments(parser)
+
+
+def predictor_from_checkpoint(checkpoint_path: str | os.PathLike) -> Predictor:
+    """A :class:`Predictor` around the model of a training checkpoint (``src.train`` format)."""
+    return predictor_from_checkpoints([checkpoint_path])
+
+
+def predictor_from_checkpoints(checkpoint_paths: Sequence[str | os.PathLike]) -> Predictor:
+    """A :class:`Predictor` around one checkpoint's model, or around the :class:`Ensemble` of several.
+
+    Ensemble members must share classes (in the same order), input normalisation and input size: the exported
+    file runs one preprocessing for all of them. A mismatch raises ``CheckpointError`` naming the file.
+    """
+    paths = list(checkpoint_paths)
+    if not paths:
+        raise ValueError("no checkpoint given")
+    models, archs, first = [], [], None
+    for path in paths:
+        ckpt = load_checkpoint(path)
+        archs.append(str(ckpt.get("arch", "")))
+        try:
+            models.append(build_model_from_checkpoint(ckpt))
+        except CheckpointError as exc:  # name the file: the checkpoint itself does not know its path
+            raise CheckpointError(f"{path}: {exc}") from None
+        if first is None:
+            first = ckpt
+            continue
+        for key in ("class_names", "mean", "std", "img_size"):
+            if ckpt[key] != first[key]:
+                raise CheckpointError(f"{path}: its {key} differs from {paths[0]}'s, so the two cannot be "
+                                      f"ensembled (members share one preprocessing and one list of classes)")
+    arch = archs[0] if len(paths) == 1 else "ensemble:" + "+".join(archs)
+    model = models[0] if len(models) == 1 else Ensemble(models)
+    return make_predictor(model, first["class_names"], first["mean"], first["std"], first["img_size"], arch=arch)
+
+
+def export_main(args: argparse.Namespace) -> int:
+    predictor = predictor_from_checkpoints(args.checkpoint)
+    out = Path(args.out) if args.out else default_export_path(predictor.arch)
+    ensure_writable_dir(out.parent)  # before scripting and checking, which take a while for big models
+    report = export_torchscript(predictor, out)
+    print(f"Exported {out} ({predictor.arch or 'model'}, {len(predictor.class_names)} classes, "
+          f"{predictor.img_size} px): reloaded and checked against the eager model on {report['n_inputs']} inputs, "
+          f"max |difference| {report['max_abs_diff']:.1e}")
+    if args.onnx:
+        onnx_path = out.with_suffix(".onnx")
+        report = export_onnx(predictor, onnx_path, metadata={"torchscript_sha256": file_sha256(out)})
+        print(f"Exported {onnx_path}: checked with onnxruntime on {report['n_inputs']} inputs, "
+              f"max |difference| {report['max_abs_diff']:.1e}")
+    if not args.no_index:
+        build_export_index(out, args)
+    return 0
+
+
+def build_export_index(out: Path, args: argparse.Namespace) -> None:
+    """The exported file's landmark index and calibration, from the data set its (first) checkpoint names.
+
+    Failing here does not undo the export: the file works with the uncalibrated fallback threshold, and one line
+    says how to calibrate it.
+    """
+    from .calibrate import calibrate_model, describe_calibration, negatives_from_args
+
+    saved = load_checkpoint(args.checkpoint[0]).get("args") or {}
+    data_dir = args.data_dir or saved.get("data_dir")
+    valid_size = args.valid_size if args.valid_size is not None else float(saved.get("valid_size", 0.2) or 0.0)
+    seed = args.seed if args.seed is not None else int(saved.get("seed", 42) or 42)
+    try:
+        path, index = calibrate_model(out, data_dir, negatives_from_args(args.negatives), valid_size, seed,
+                                      args.max_false_rate)
+    except Exception as exc:  # the export itself is done and checked
+        print(f"warning: no landmark index for {out} ({' '.join(str(exc).split())[:300]}); make it with: python -m "
+              f"src calibrate --model {out} --data-dir DIR")
+        return
+    print(describe_calibration(path, index))
