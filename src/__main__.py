@@ -14,6 +14,8 @@ COMMANDS = {
     "train": ("src.train", "add_train_arguments", "train_main", "train a model (scratch CNN or transfer)"),
     "export": ("src.export", "add_export_arguments", "export_main",
                "export a checkpoint to TorchScript (and ONNX), with its landmark index and threshold"),
+    "enroll": ("src.enroll", "add_enroll_arguments", "enroll_main",
+               "add landmarks to a model without training (from photos), list or remove them"),
     "calibrate": ("src.calibrate", "add_calibrate_arguments", "calibrate_main",
                   "build an exported model's landmark index and calibrate its 'no known landmark' threshold"),
     "predict": ("src.predict", "add_predict_arguments", "predict_main", "top-k landmarks and location for photos"),
