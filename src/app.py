@@ -16,12 +16,11 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .data import class_display_name
 from .helpers import CHECKPOINTS_DIR, PROJECT_ROOT
 from .images import ImageLoadError, open_image
-from .landmarks import NO_LANDMARK, display_name, format_latlon
-from .predictor import SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, load_exported, load_image_tensor
-from .tagging import iter_predictions, make_record
+from .landmarks import NO_LANDMARK, format_latlon
+from .predictor import SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, load_image_tensor, prepare_for_batch
+from .recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,6 @@ MODEL_ENV_VAR = "LANDMARK_MODEL"
 EXPORTED_MODEL_NAMES = (TRANSFER_EXPORT_NAME, SCRATCH_EXPORT_NAME)
 DEFAULT_K = 3
 MAX_K = 5
-DEFAULT_THRESHOLD = 0.3
 THUMBNAIL_SIZE = 192
 NO_LANDMARK_VERDICT = NO_LANDMARK  # "no known landmark", as the command line says it
 DEFAULT_RESIZE = 256  # for exported files that do not carry their resize_size
@@ -68,17 +66,21 @@ def no_model_message(checkpoints_dir: str | os.PathLike = CHECKPOINTS_DIR) -> st
     )
 
 
-def load_model(path: str | os.PathLike) -> torch.jit.ScriptModule:
-    """Load an exported TorchScript model on the CPU, ready for inference; one-line error when unusable."""
+def load_model(path: str | os.PathLike) -> Recognizer:
+    """Load an exported model (and its landmark index) on the CPU, ready to decide; one-line error when unusable."""
     path = Path(path)
     try:
-        model = load_exported(path)
+        model = Recognizer.load(path)
     except Exception as exc:  # corrupt, truncated or foreign files: one line naming the file
         text = " ".join(str(exc).split())[:400]
         raise ModelLoadError(text if text.startswith(str(path)) else f"{path}: {text}") from None
-    if not list(model.class_names):
-        raise ModelLoadError(f"{path}: the model has no class names; export it with `python -m src export`")
+    if not model.classes():
+        raise ModelLoadError(f"{path}: the model knows no landmarks; export it with `python -m src export`")
     return model
+
+
+def as_recognizer(model) -> Recognizer:
+    return model if isinstance(model, Recognizer) else Recognizer(model)
 
 
 def map_link(lat: float, lon: float, zoom: int = 12) -> str:
@@ -96,51 +98,53 @@ def load_photo(model, source, name: str | None = None) -> torch.Tensor:
     return load_image_tensor(source, int(getattr(model, "resize_size", DEFAULT_RESIZE)), name=name)
 
 
-def predict_probs(model, image: torch.Tensor) -> torch.Tensor:
-    """Class probabilities ``[C]`` for one uint8 ``[3, H, W]`` photo (the exported model resizes and normalises)."""
-    with torch.inference_mode():
-        probs = model(image.unsqueeze(0))
-    return probs[0].float().cpu()
-
-
 def tensor_to_image(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(image.permute(1, 2, 0).numpy())
 
 
-def summarize_probs(probs: torch.Tensor, class_names: Sequence[str], k: int = DEFAULT_K,
-                    threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """Top-k entries (name, probability, location) and the verdict for one photo's probabilities.
+def certainty_words(prob: float, threshold: float) -> tuple[str, str]:
+    """How sure, in words a person reads at a glance, and a colour: the calibrated confidence against the
+    threshold."""
+    if prob < threshold:
+        return "not sure enough to say", "#757575"
+    if prob >= 0.9:
+        return "very sure", "#2e7d32"
+    if prob >= 0.6:
+        return "fairly sure", "#558b2f"
+    return "just above the threshold: check it", "#ef6c00"
 
-    The same answer ``python -m src predict -k K --min-prob THRESHOLD`` gives (:func:`src.tagging.make_record`).
-    """
-    record = make_record("", probs, list(class_names), k=k, min_prob=threshold)
+
+def summarize(record: dict) -> dict:
+    """The card's view of a record: top-k entries (name, confidence, location) and the verdict."""
     top = [{"class_name": e["class"], "name": e["name"], "prob": float(e["prob"]),
             "location": ({key: e[key] for key in ("city", "country", "lat", "lon")} if e["lat"] is not None
                          else None)}
            for e in record["top_k"]]
     return {"top": top, "known": record["status"] == "ok", "verdict": record["landmark"],
-            "threshold": float(threshold)}
+            "threshold": float(record["threshold"]), "record": record}
 
 
-def classify_image_bytes(model, name: str, data: bytes, k: int = DEFAULT_K,
-                         threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """Classify one uploaded file.
+def classify_image_bytes(model, name: str, data: bytes, k: int = DEFAULT_K, threshold: float | None = None) -> dict:
+    """Decide one uploaded file, as ``python -m src predict`` does (:class:`src.recognizer.Recognizer`).
 
-    Returns ``{"name", "error": None, "image": PIL image (as decoded for the model), "probs", "top": [...],
-    "known", "verdict", "threshold"}``; a file that is not a usable photo gives ``{"name", "error": "<name>:
-    <reason>"}`` (one line).
+    ``threshold`` None: the model's calibrated one. Returns ``{"name", "error": None, "image": PIL image (as
+    decoded for the model), "outputs": (probs, embedding), "top": [...], "known", "verdict", "threshold"}``; a
+    file that is not a usable photo gives ``{"name", "error": "<name>: <reason>"}`` (one line).
     """
+    recognizer = as_recognizer(model)
     try:
-        image = load_photo(model, data, name=name)
-        probs = predict_probs(model, image)
+        image = load_photo(recognizer, data, name=name)
+        batch = prepare_for_batch(image, recognizer.resize_size, recognizer.img_size).unsqueeze(0)
+        outputs = recognizer.backend(batch)
+        record = recognizer.decide(*outputs, [name], k, threshold)[0]
         img = tensor_to_image(image)
     except ImageLoadError as exc:
         return {"name": name, "error": str(exc)}
     except Exception as exc:  # a model failure on one file must not lose the others' results
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         return {"name": name, "error": f"{name}: could not classify ({reason})"}
-    result = {"name": name, "error": None, "image": img, "probs": probs}
-    result.update(summarize_probs(probs, list(model.class_names), k, threshold))
+    result = {"name": name, "error": None, "image": img, "outputs": outputs}
+    result.update(summarize(record))
     return result
 
 
@@ -197,11 +201,12 @@ class LandmarkApp:
                                          layout=widgets.Layout(width="auto"))
         self.k = widgets.IntSlider(value=DEFAULT_K, min=1, max=MAX_K, step=1, description="Top k",
                                    continuous_update=False)
-        self.threshold = widgets.FloatSlider(value=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.05,
+        calibrated = model.min_prob if model is not None else 0.5
+        self.threshold = widgets.FloatSlider(value=round(calibrated, 3), min=0.0, max=1.0, step=0.01,
                                              description="Threshold", readout_format=".2f",
                                              continuous_update=False,
-                                             tooltip="below this top probability the verdict is "
-                                                     f"'{NO_LANDMARK_VERDICT}'")
+                                             tooltip="below this confidence the verdict is "
+                                                     f"'{NO_LANDMARK_VERDICT}' (default: calibrated for the model)")
         self.classify_button = widgets.Button(description="Classify", button_style="primary", icon="search",
                                               tooltip="Classify the chosen photos")
         self.status = widgets.HTML()
@@ -219,14 +224,88 @@ class LandmarkApp:
                 w.disabled = True
             self.widget = widgets.VBox([self.title, self.status])
             return
-        n = len(model.class_names)
+        n = len(model.classes())
         self.k.max = min(MAX_K, n)
         self.k.value = min(DEFAULT_K, n)
-        where = f" from <code>{html.escape(_short_path(self.model_path))}</code>" if self.model_path else ""
-        self.model_info = widgets.HTML(f"<small>Model{where}: knows {n} landmarks.</small>")
+        self.model_info = widgets.HTML(self._model_info())
         controls = widgets.HBox([self.upload, self.classify_button], layout=widgets.Layout(align_items="center"))
         sliders = widgets.HBox([self.k, self.threshold])
-        self.widget = widgets.VBox([self.title, controls, sliders, self.model_info, self.status, self.cards])
+        self.enroll_panel = self._enroll_panel()
+        self.widget = widgets.VBox([self.title, controls, sliders, self.model_info, self.status, self.cards,
+                                    self.enroll_panel])
+
+    def _model_info(self) -> str:
+        model = self.model
+        where = f" from <code>{html.escape(_short_path(self.model_path))}</code>" if self.model_path else ""
+        how = ("the threshold is calibrated so that about 2 in 100 photos without a known landmark get one"
+               if model.calibrated else "the threshold is <b>not calibrated</b> for this model (python -m src "
+               "calibrate)")
+        return (f"<small>Model{where}: knows {len(model.classes())} landmarks ({model.method}); {how}. "
+                f"Confidences are the chance that the answer is right.</small>")
+
+    def _enroll_panel(self):
+        """"Add a landmark": a name, where it is and a few photos; the next photo of it is recognised."""
+        w = self._w
+        self.new_name = w.Text(description="Name", placeholder="e.g. Big Ben")
+        self.new_city = w.Text(description="City", placeholder="London")
+        self.new_country = w.Text(description="Country", placeholder="United Kingdom")
+        self.new_lat = w.Text(description="Latitude", placeholder="51.5007")
+        self.new_lon = w.Text(description="Longitude", placeholder="-0.1246")
+        self.new_photos = w.FileUpload(accept="image/*", multiple=True, description="Its photos")
+        self.add_button = w.Button(description="Add landmark", icon="plus")
+        self.enroll_status = w.HTML()
+        self.add_button.on_click(self._on_add)
+        if self.model.method != "retrieval":
+            self.enroll_status.value = ("<small>This model cannot learn new landmarks without training (it gives no "
+                                        "embeddings, or has no landmark index).</small>")
+            for x in (self.new_name, self.new_city, self.new_country, self.new_lat, self.new_lon, self.new_photos,
+                      self.add_button):
+                x.disabled = True
+        box = w.VBox([w.HTML("<small>A few photos (3 or more) of a landmark the model does not know, its name and "
+                             "where it is: the next photo of it is recognised. No training.</small>"),
+                      self.new_name, w.HBox([self.new_city, self.new_country]), w.HBox([self.new_lat, self.new_lon]),
+                      w.HBox([self.new_photos, self.add_button]), self.enroll_status])
+        panel = w.Accordion(children=[box])
+        panel.set_title(0, "Add a landmark")
+        panel.selected_index = None
+        return panel
+
+    def _on_add(self, _button=None) -> None:
+        try:
+            self.enroll_status.value = html.escape(self.add_landmark())
+        except Exception as exc:  # a message on the page, never a traceback
+            log.exception("adding a landmark failed")
+            self.enroll_status.value = f"<span style='color:#b00020'>{html.escape(' '.join(str(exc).split()))}</span>"
+
+    def add_landmark(self) -> str:
+        """Enrol the landmark described by the panel's fields; returns what happened (one line)."""
+        name = self.new_name.value.strip()
+        if not name:
+            raise ValueError("give the landmark a name")
+        location = {"name": name, "city": self.new_city.value.strip() or None,
+                    "country": self.new_country.value.strip() or None, "lat": None, "lon": None}
+        if self.new_lat.value.strip() or self.new_lon.value.strip():
+            try:
+                location["lat"], location["lon"] = float(self.new_lat.value), float(self.new_lon.value)
+            except ValueError:
+                raise ValueError("latitude and longitude must be numbers, e.g. 51.5007 and -0.1246") from None
+        images, problems = [], []
+        for file_name, data in uploaded_files(self.new_photos.value):
+            try:
+                image = load_photo(self.model, data, name=file_name)
+                images.append(prepare_for_batch(image, self.model.resize_size, self.model.img_size))
+            except ImageLoadError as exc:
+                problems.append(str(exc))
+        if not images:
+            raise ValueError("choose at least one photo of it" + (f" ({problems[0]})" if problems else ""))
+        key = "_".join(name.split())
+        info = self.model.enroll(key, images, location=location)
+        self.k.max = min(MAX_K, len(self.model.classes()))
+        self.model_info.value = self._model_info()
+        self.new_photos.value = ()
+        where = ", ".join(str(x) for x in (info["city"], info["country"]) if x) or "no location given"
+        return (f"Added {info['name']} ({info['references']} photos, {where})."
+                + (f" {len(problems)} files skipped: {problems[0]}" if problems else ""))
 
     # -- event handlers: none may raise (an exception in a callback would put a traceback on the page) ---------
 
@@ -282,10 +361,10 @@ class LandmarkApp:
 
     def render(self) -> None:
         """(Re)build the result cards from the stored results with the current k and threshold."""
-        names = list(self.model.class_names) if self.model is not None else []
         for r in self.results:
             if r["error"] is None:
-                r.update(summarize_probs(r["probs"], names, self.k.value, self.threshold.value))
+                record = self.model.decide(*r["outputs"], [r["name"]], self.k.value, self.threshold.value)[0]
+                r.update(summarize(record))
         self.cards.children = [self._card(r) for r in self.results]
 
     def _card(self, r: dict):
@@ -301,12 +380,14 @@ class LandmarkApp:
                         layout=w.Layout(max_width=f"{THUMBNAIL_SIZE}px", max_height=f"{THUMBNAIL_SIZE}px",
                                         object_fit="contain", margin="0 14px 0 0"))
         best = r["top"][0]
+        words, colour = certainty_words(best["prob"], r["threshold"])
         if r["known"]:
-            verdict = f"<span style='font-size:1.15em'>&#10003; <b>{html.escape(best['name'])}</b></span>"
+            verdict = (f"<span style='font-size:1.15em;color:{colour}'>&#10003; <b>{html.escape(best['name'])}</b>"
+                       f"</span> <span style='color:{colour}'>&mdash; {words} ({_percent(best['prob'])})</span>")
         else:
-            verdict = (f"<span style='font-size:1.15em'>&#10007; <b>{NO_LANDMARK_VERDICT}</b></span> "
-                       f"<small>(best guess {_percent(best['prob'])}, below the "
-                       f"{_percent(r['threshold'])} threshold)</small>")
+            verdict = (f"<span style='font-size:1.15em;color:{colour}'>&#10007; <b>{NO_LANDMARK_VERDICT}</b></span> "
+                       f"<small>(best guess {html.escape(best['name'])} at {_percent(best['prob'])}, below the "
+                       f"{_percent(r['threshold'])} threshold: not sure enough to say)</small>")
         rows = []
         for entry in r["top"]:
             rows.append(w.HBox([
@@ -359,43 +440,37 @@ def build_app(model_path: str | os.PathLike | None = None, display: bool = True)
 
 def find_failures(model, data_dir: str | os.PathLike | None = None, limit: int | None = None,
                   split: str = "test") -> dict:
-    """Run the model over a split and collect its mistakes.
+    """Run the model over a split and collect its mistakes (top-1 answers, whatever their confidence).
 
-    Classes are matched by display name, so a model trained on the 50-landmark set can be checked on a subset
-    with other folder numbers. Returns ``{"n", "correct", "failures": [(path, true, predicted, prob)], "skipped",
-    "confused": [((true, predicted), count)]}``; failures sorted by confidence, most confident first.
+    Scored by :func:`src.evaluation.score_photos` with its class-matching rule. Returns ``{"n", "correct",
+    "failures": [(path, true, predicted, confidence)], "skipped", "confused": [((true, predicted), count)]}``;
+    failures sorted by confidence, most confident first.
     """
-    from collections import Counter  # noqa: PLC0415
+    from collections import Counter
 
-    from .data import list_classes, resolve_data_dir, scan_split  # noqa: PLC0415
+    from .data import list_classes, resolve_data_dir, scan_split
+    from .evaluation import match_class, score_photos
 
+    recognizer = as_recognizer(model)
+    keys = [c["class"] for c in recognizer.classes()]
     root = resolve_data_dir(data_dir, download=False)
     folders = list_classes(root / split)
-    samples = scan_split(root / split, folders)
-    model_folders = list(model.class_names)
-    # Folder numbers may differ between data sets; the name without its number identifies a landmark.
-    model_index = {class_display_name(c).lower(): i for i, c in enumerate(model_folders)}
-    truth = [model_index.get(class_display_name(f).lower()) for f in folders]
-    samples = [(path, truth[label]) for path, label in samples if truth[label] is not None]
+    samples = [(path, folders[label]) for path, label in scan_split(root / split, folders)
+               if match_class(folders[label], keys) is not None]
     if limit is not None and limit > 0 and len(samples) > limit:
         step = len(samples) / limit  # evenly spread over classes (samples are ordered by class)
         samples = [samples[int(i * step)] for i in range(limit)]
-    failures, skipped, correct = [], [], 0
-    paths = [path for path, _ in samples]
-    results = list(iter_predictions(model, paths, desc=f"Checking {split} photos"))  # one result per path, in order
-    for (path, label), result in zip(samples, results):
-        if result.error is not None:
-            skipped.append(result.error)
-            continue
-        p, i = torch.max(result.probs, 0)
-        if int(i) == label:
+    scored = score_photos(recognizer, samples, desc=f"Checking {split} photos")
+    names = [c["name"] for c in recognizer.classes()]
+    failures, correct = [], 0
+    for record, truth, ranked in zip(scored["records"], scored["truth"], scored["ranked"]):
+        if ranked[0] == truth:
             correct += 1
         else:
-            failures.append((Path(path), display_name(model_folders[label]), display_name(model_folders[int(i)]),
-                             float(p)))
+            failures.append((Path(record["path"]), names[truth], names[ranked[0]], float(record["top_k"][0]["prob"])))
     failures.sort(key=lambda f: -f[3])
     confused = Counter((t, p) for _, t, p, _ in failures).most_common(5)
-    return {"n": correct + len(failures), "correct": correct, "failures": failures, "skipped": skipped,
+    return {"n": correct + len(failures), "correct": correct, "failures": failures, "skipped": scored["errors"],
             "confused": confused}
 
 
