@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
-from .images import is_candidate_image
+from .images import MAX_IMAGE_PIXELS, is_candidate_image
 from .landmarks import landmark_info
 
 CREATOR_TOOL = "landmark-tagger"
@@ -347,9 +348,23 @@ def _temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
-def _pixels(path: Path) -> list[tuple]:
-    with Image.open(path) as img:
-        return [(frame.mode, frame.size, frame.tobytes()) for frame in ImageSequence.Iterator(img)]
+def _open_checked(path: Path) -> Image.Image:
+    img = Image.open(path)
+    if img.width * img.height > MAX_IMAGE_PIXELS:  # declares 100 Mpx in a few bytes: not decoded (a bomb)
+        img.close()
+        raise ValueError(f"{img.width}x{img.height} pixels")
+    return img
+
+
+def _same_pixels(a: Path, b: Path) -> bool:
+    def frames(path: Path) -> list[tuple]:
+        with _open_checked(path) as img:
+            return [(frame.mode, frame.size, frame.tobytes()) for frame in ImageSequence.Iterator(img)]
+
+    try:
+        return frames(a) == frames(b)
+    except Exception:  # a photo that does not decode cannot be shown unchanged: it is not written
+        return False
 
 
 def _update_file(path: Path, wanted: dict | None, is_photo: bool, gps_allowed: bool = True) -> str:
@@ -366,13 +381,27 @@ def _update_file(path: Path, wanted: dict | None, is_photo: bool, gps_allowed: b
     if not is_photo and exists and wanted is None and not _meaningful(
             {k: v for k, v in current.items() if k not in delete and not k.startswith(NS + ":")}
             | {k: v for k, v in assign.items() if _as_list(v)}):
-        path.unlink()  # nothing left but what we had written: the sidecar goes with it
+        try:
+            path.unlink()  # nothing left but what we had written: the sidecar goes with it
+        except OSError as exc:
+            raise MetadataError(f"{path}: cannot remove ({exc.strerror or exc})") from None
         return "removed"
+    try:
+        _replace(path, exists, is_photo, assign, delete)
+    except OSError as exc:  # a read-only folder, a full disk: one line, and the old file is as it was
+        raise MetadataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    if not exists:
+        return "written"
+    return "removed" if wanted is None else "updated"
+
+
+def _replace(path: Path, exists: bool, is_photo: bool, assign: dict, delete: list[str]) -> None:
+    """Write the changed file beside ``path`` and rename it over ``path`` (a crash leaves the old or the new)."""
     tmp = _temporary_beside(path)
     try:
         _write(path if exists else None, tmp, assign, delete, subject=path)
         if is_photo:
-            if _pixels(tmp) != _pixels(path):  # ExifTool does not re-encode; checked, not assumed
+            if not _same_pixels(tmp, path):  # ExifTool does not re-encode; checked, not assumed
                 raise MetadataError(f"{path}: writing the metadata would change the decoded pixels; photo left as "
                                     "it was")
             shutil.copystat(path, tmp)  # same permissions and date (apps fall back to it as the photo's date)
@@ -383,9 +412,6 @@ def _update_file(path: Path, wanted: dict | None, is_photo: bool, gps_allowed: b
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    if not exists:
-        return "written"
-    return "removed" if wanted is None else "updated"
 
 
 def update_metadata(photo: Path, row: dict, provenance: dict, sidecar: bool = True, into_photo: bool = False) -> str:
@@ -418,7 +444,9 @@ def update_metadata(photo: Path, row: dict, provenance: dict, sidecar: bool = Tr
 
 def _update_photo(photo: Path, wanted: dict | None) -> str:
     try:
-        with Image.open(photo) as img:
+        if not stat.S_ISREG(os.lstat(photo).st_mode):
+            return "unsupported"  # a link (replacing it would cut it), a pipe, a folder: never written into
+        with _open_checked(photo) as img:
             kind = img.format
     except Exception as exc:  # tag decoded it a moment ago; if it cannot be opened now, it is not touched
         raise MetadataError(f"{photo}: cannot be opened to write metadata into it ({type(exc).__name__})") from None

@@ -1076,3 +1076,173 @@ def test_every_torch_load_in_src_is_weights_only():
             assert isinstance(flag, ast.Constant) and flag.value is True, "torch.load without weights_only=True"
         checks[f"{name}:{line}"] = check
     run_checks("static", "torch.load with weights_only=True", checks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metadata writes (issue 16): the corpus through update_metadata, and sidecar/photo writes killed mid-way
+# ---------------------------------------------------------------------------------------------------------------
+
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None,
+                                    reason="exiftool not installed (apt-get install libimage-exiftool-perl)")
+METADATA_WORDS = {"written", "updated", "removed", "unchanged", "nothing", "unsupported"}
+METADATA_PROVENANCE = {"tool": "landmark-tagger", "model": "m.pt", "model_sha256": "0" * 64, "method": "classifier",
+                       "threshold": 0.5}
+DARKTABLE_XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:darktable="http://darktable.sf.net/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+ xmp:Rating="2" darktable:xmp_version="5"><darktable:history><rdf:Seq>
+<rdf:li darktable:operation="exposure" darktable:enabled="1" darktable:params="0000c03f"/>
+</rdf:Seq></darktable:history></rdf:Description></rdf:RDF></x:xmpmeta>
+<?xpacket end="w"?>
+"""
+
+
+def _metadata_row(name: str, status: str) -> dict:
+    """The Golden Gate Bridge row ``tag`` writes for a photo (``status`` "error": the row of a bad file)."""
+    if status == "error":
+        return {"path": name, "status": "error", "error": f"{name}: not an image"}
+    return {"path": name, "status": "ok", "landmark": "Golden Gate Bridge", "class": "09.Golden_Gate_Bridge",
+            "prob": "0.9100", "city": "San Francisco", "country": "United States", "lat": "37.8199",
+            "lon": "-122.4783", "gps_source": "landmark"}
+
+
+def _exiftool_json(*paths: Path) -> dict | list[dict]:
+    """What ExifTool (a process of its own) reads back from one file (a dict) or several (one exiftool run)."""
+    from src.metadata import CONFIG_FILE
+
+    proc = subprocess.run(["exiftool", "-config", str(CONFIG_FILE), "-j", "-struct", "-G1", "-XMP:all",
+                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{paths[0]}...: exiftool cannot read it back: {proc.stderr.strip()}"
+    found = {d["SourceFile"]: d for d in json.loads(proc.stdout)}
+    data = [found[str(p)] for p in paths]
+    return data[0] if len(paths) == 1 else data
+
+
+def _decoded(path: Path):
+    import numpy as np
+
+    from src.images import open_image
+
+    return np.asarray(open_image(path))
+
+
+@needs_exiftool
+def test_corpus_through_the_metadata_writes(tmp_path):
+    """Every corpus file through ``update_metadata`` with sidecar and ``--write-into-photo``: with the row ``tag``
+    gives it, and the bad ones again as if they had been tagged (the file broke afterwards). A word or one
+    line naming the file; a good photo's decoded pixels unchanged; a bad file's bytes unchanged."""
+    import numpy as np
+
+    from src.metadata import MetadataError, sidecar_path, update_metadata
+
+    folder = tmp_path / "corpus"
+    entries = write_corpus(folder)
+    checks = {}
+    for name, entry in entries.items():
+        def check(name=name, entry=entry):
+            path = folder / name
+            regular = path.is_file() and not path.is_symlink()
+            before = path.read_bytes() if regular else None
+            pixels = _decoded(path) if expected_ok(entry) else None
+            for status in ("ok",) if expected_ok(entry) else ("error", "ok"):
+                try:
+                    word = update_metadata(path, _metadata_row(name, status), METADATA_PROVENANCE, sidecar=True,
+                                           into_photo=True)
+                    assert word in METADATA_WORDS, word
+                    assert status == "ok" or word == "nothing", (status, word)
+                except MetadataError as exc:
+                    assert not expected_ok(entry), f"a good photo failed: {exc}"
+                    assert_one_line(str(exc), name)
+            if expected_ok(entry):
+                assert np.array_equal(_decoded(path), pixels), "decoded pixels changed"
+                assert _exiftool_json(sidecar_path(path))["XMP-photoshop:City"] == "San Francisco"
+            elif regular:
+                assert path.read_bytes() == before, "a bad file was modified"
+            else:
+                assert path.is_symlink() or not path.is_file(), "a link or pipe was replaced by a file"
+        checks[name] = check
+    run_checks("input", "metadata writes (sidecar + into photo)", checks)
+    assert not [p.name for p in folder.iterdir() if ".tmp" in p.name], "temporary files left behind"
+
+
+_METADATA_WORKER = """
+import sys
+from pathlib import Path
+from src.metadata import update_metadata
+row = {"status": "ok", "landmark": "Golden Gate Bridge", "class": "09.Golden_Gate_Bridge", "prob": "0.91",
+       "city": "San Francisco", "country": "United States", "lat": "37.8199", "lon": "-122.4783",
+       "gps_source": "landmark"}
+prov = {"tool": "landmark-tagger", "model": "m.pt", "model_sha256": "0" * 64, "method": "classifier"}
+for photo in sorted(Path(sys.argv[1]).glob("p*.jpg")):
+    print(photo.name, update_metadata(photo, dict(row, path=photo.name), prov, sidecar=True, into_photo=True),
+          flush=True)
+"""
+
+
+@needs_exiftool
+@pytest.mark.slow
+def test_metadata_writes_killed_at_random_moments_leave_every_file_whole(tmp_path):
+    """SIGKILL (process group: ExifTool too) at random moments of a run writing darktable sidecars and photos;
+    after each kill every photo decodes to its pixels and every sidecar is whole: the darktable history with all
+    of our fields or none; a rerun completes with one copy of each."""
+    import numpy as np
+
+    rng = random.Random(16)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = [f"p{i:03d}.jpg" for i in range(24)]
+    for i, name in enumerate(names):
+        photo((160, 120), seed=i).save(folder / name, quality=90)
+        (folder / f"{name}.xmp").write_text(DARKTABLE_XMP, encoding="utf-8")
+    pixels = {name: _decoded(folder / name) for name in names}
+    cmd = [sys.executable, "-c", _METADATA_WORKER, str(folder)]
+
+    def whole(done_at_least: int) -> None:
+        complete = 0
+        sidecars = _exiftool_json(*[folder / f"{name}.xmp" for name in names])
+        in_photos = _exiftool_json(*[folder / name for name in names])
+        for name, sidecar, in_photo in zip(names, sidecars, in_photos):
+            assert np.array_equal(_decoded(folder / name), pixels[name]), f"{name}: pixels changed"
+            for data in (sidecar, in_photo):
+                ours = ["XMP-LandmarkTagger:Tool" in data, "XMP-photoshop:City" in data,
+                        "XMP-dc:Subject" in data, "XMP-iptcExt:LocationShown" in data]
+                assert all(ours) or not any(ours), f"{name}: half of our fields: {ours}"
+                complete += all(ours)
+            assert "XMP-darktable:History" in sidecar, f"{name}: darktable's history lost"
+        assert complete >= done_at_least, (complete, done_at_least)
+
+    done = 0  # photos reported finished (each run starts again from the first: those are "unchanged" then)
+    for kill in range(2):
+        target = done + rng.randint(3, 8)
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        finished = 0
+        try:
+            for _line in proc.stdout:
+                finished += 1
+                if finished >= target:  # then a few ms into the next photo's read, write or rename
+                    time.sleep(rng.uniform(0.0, 0.03))
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL, f"the run finished before the kill (status {proc.returncode})"
+        done = max(done, finished)
+
+        failure = TALLY.check("fault", "metadata writes killed (SIGKILL)", f"SIGKILL {kill + 1}",
+                              lambda done=done: whole(done))
+        assert failure is None, failure
+    final = subprocess.run(cmd, cwd=PROJECT_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+    def completes():
+        assert final.returncode == 0, final.stderr[-2000:]
+        assert len(final.stdout.splitlines()) == len(names)
+        whole(2 * len(names))
+        for data in _exiftool_json(*[folder / f"{name}.xmp" for name in names]):
+            assert data["XMP-dc:Subject"].count("Golden Gate Bridge") == 1, data["SourceFile"]
+            assert len(data["XMP-iptcExt:LocationShown"]) == 1, data["SourceFile"]
+
+    run_checks("recovery", "metadata writes killed (SIGKILL)", {"rerun after 2 kills completes": completes})
