@@ -31,6 +31,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
 def test_the_wheel_holds_the_package_and_its_landmark_table(wheel):
     names = set(wheel.namelist())
     assert {"src/__main__.py", "src/train.py", "src/predictor.py", "src/landmarks.json"} <= names
+    assert {"src/metadata_exiftool.config", "src/report_assets/leaflet.js"} <= names  # sidecars, report page
     assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)
 
 
