@@ -22,9 +22,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .data_config import IMAGENET_MEAN, IMAGENET_STD
-from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_VARIANTS, OFFLINE_ARCH, OFFLINE_ARCHS, EfficientNetLite, \
-    WeightsUnavailableError, build_efficientnet_lite, load_state_file
+from .data_config import resolve_data_config
+from .efficientnet_lite import LITE_VARIANTS, OFFLINE_ARCH, OFFLINE_ARCHS, EfficientNetLite, WeightsUnavailableError, \
+    build_efficientnet_lite, load_state_file
 from .helpers import quiet_torchscript
 
 log = logging.getLogger(__name__)
@@ -334,17 +334,18 @@ def get_model_transfer_learning(model_name: str = "resnet18", n_classes: int = 5
     for random initialisation (what a rebuild from a checkpoint uses). ``weights_path``: a local state-dict file
     instead of a download. ``dropout`` > 0 puts dropout before the head.
     """
+    config = resolve_data_config(model_name)  # the normalisation the backbone's weights were trained with
     if model_name in LITE_VARIANTS:
         backbone = build_efficientnet_lite(model_name, weights, weights_path)
-        return TransferModel(backbone, EfficientNetLite.num_features, n_classes, LITE_MEAN, LITE_STD, model_name,
+        return TransferModel(backbone, EfficientNetLite.num_features, n_classes, config.mean, config.std, model_name,
                              dropout=dropout, unfreeze=unfreeze)
     names = torchvision_model_names()
     if model_name not in names:
         raise ValueError(f"unknown model {model_name!r}; choose {', '.join(OFFLINE_ARCHS)} (work offline) or one of "
                          f"the torchvision models: {', '.join(names)}")
     backbone, num_features = _strip_classifier(_build_torchvision(model_name, weights, weights_path))
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return TransferModel(backbone, num_features, n_classes, mean, std, model_name, dropout=dropout, unfreeze=unfreeze)
+    return TransferModel(backbone, num_features, n_classes, config.mean, config.std, model_name, dropout=dropout,
+                         unfreeze=unfreeze)
 
 
 class CourseTransferModel(nn.Module):

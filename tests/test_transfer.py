@@ -14,8 +14,8 @@ from src.feature_cache import get_feature_loaders
 from src.optimization import get_optimizer
 from src.helpers import quiet_torchscript
 from src.images import open_image
+from src.efficientnet_lite import LITE_MEAN
 from src.transfer import (
-    LITE_MEAN,
     OFFLINE_ARCH,
     TransferModel,
     WeightsUnavailableError,
