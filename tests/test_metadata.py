@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 
 from src.landmarks import landmark_info
-from src.metadata import CONFIG_FILE, MetadataError, read_exif_gps, sidecar_path, sidecar_paths, update_metadata
+from src.metadata import (
+    CONFIG_FILE,
+    MetadataError,
+    read_exif_gps,
+    sidecar_path,
+    sidecar_paths,
+    update_metadata,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None,
                                 reason="exiftool not installed (apt-get install libimage-exiftool-perl)")

@@ -352,14 +352,21 @@ def test_tag_min_prob_marks_no_known_landmark(tmp_path, models):
             assert row["lat"] == row["lon"] == row["gps_source"] == ""
 
 
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None,
+                                    reason="exiftool not installed (apt-get install libimage-exiftool-perl)")
+
+
+@needs_exiftool
 def test_tag_sidecars(tmp_path, models, capsys):
     zoo = make_zoo(tmp_path / "zoo")
     foreign = sidecar_path(zoo / "gray.png")
-    foreign.write_text("<x:xmpmeta>darktable edit history</x:xmpmeta>")
+    foreign.write_text("<x:xmpmeta>darktable edit history</x:xmpmeta>")  # not XMP ExifTool can read
     before = {n: h for n, h in digest(zoo).items() if not n.endswith(".xmp")}
     out = tmp_path / "tags.csv"
     assert cli(["tag", str(zoo), "--model", str(models["golden_gate"]), "--out", str(out), "--sidecar"]) == 1
-    assert "left alone" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "metadata: " in captured.out and "1 failed" in captured.out
+    assert f"error: {foreign}: not an XMP sidecar ExifTool can read; left as it is" in captured.err
     after = {n: h for n, h in digest(zoo).items() if not n.endswith(".xmp")}
     assert after == before  # no photo modified
     assert foreign.read_text() == "<x:xmpmeta>darktable edit history</x:xmpmeta>"
@@ -381,13 +388,14 @@ def test_tag_sidecars(tmp_path, models, capsys):
     assert (zoo / "plain.jpg.xmp").read_text().count("GPSLatitude='37,49.194N'") == 2
 
 
+@needs_exiftool
 def test_sidecars_for_photos_tagged_earlier_without_them(tmp_path, models):
     zoo = make_zoo(tmp_path / "zoo")
     out = tmp_path / "tags.csv"
     tag_folder(zoo, models["golden_gate"], out, progress=False)
     assert not list(zoo.glob("*.xmp"))
     summary = tag_folder(zoo, models["golden_gate"], out, sidecar=True, progress=False)
-    assert summary.tagged == 0 and summary.sidecars_written == len(GOOD)
+    assert summary.tagged == 0 and summary.metadata == {"written": len(GOOD)}
     assert sidecar_path(zoo / "plain.jpg").exists()
 
 
