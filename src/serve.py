@@ -1,0 +1,723 @@
+"""The HTTP service: ``python -m src serve --model M`` (FastAPI under uvicorn; OpenAPI page at ``/docs``).
+
+``POST /v1/recognize`` takes photos as multipart parts named ``photos`` and answers one record per photo, in order
+(the fields ``predict --json`` prints, ``file`` instead of ``path``). Photos from concurrent requests are decoded
+in a thread pool and grouped into one forward pass on a single model thread (at most ``max_batch`` photos, waiting
+at most ``max_wait_ms`` for more), so throughput grows with load instead of each request paying a forward pass.
+
+Limits keep load and bad input from taking it down: the request body is capped (checked on ``Content-Length``
+before anything is read, and counted while reading), each photo's pixel count is checked on its header before
+decoding, the number of requests inside is bounded (more: 503 with ``Retry-After`` at once, not a pile-up of
+timeouts), each request has a timeout (504), and shutdown finishes the requests in flight. A bad photo gets
+``status: "error"`` with a one-line reason while the others are answered; a request of only bad photos is a 422.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import io
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .images import MAX_IMAGE_PIXELS, ImageLoadError
+from .pipeline import decode_for_batch, error_line
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV, TOKEN_FILE_ENV = "LANDMARK_API_TOKEN", "LANDMARK_API_TOKEN_FILE"
+MAX_K = 50
+
+
+@dataclass
+class ServeSettings:
+    """The service's knobs (``python -m src serve --help`` documents each)."""
+
+    max_batch: int = 8             # photos per forward pass (per-photo cost on a CPU is lowest around 8)
+    max_wait_ms: float = 5.0       # how long an idle model waits for more photos before running a partial batch
+    max_requests: int = 64         # requests inside at once (queued, decoding or answered); more: 503
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_photos: int = 32           # photos per request
+    max_pixels: int = MAX_IMAGE_PIXELS
+    timeout_s: float = 30.0        # per request, from the moment it is let in
+    decode_threads: int = 2
+    min_prob: float | None = None  # overrides the model's calibrated threshold for every request
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model behind the service: the open-set Recognizer, or the exported model alone when it is absent
+# --------------------------------------------------------------------------------------------------------------
+
+class ExportedModelRecognizer:
+    """The Recognizer's interface over an exported model alone (closed set: no index, no calibrated threshold;
+    ``min_prob`` defaults to 0, always a guess). Used when ``src.recognizer`` is not available."""
+
+    method = "softmax"
+
+    def __init__(self, backend, min_prob: float | None = None):
+        self.backend = backend
+        self.class_names = list(backend.class_names)
+        self.resize_size, self.img_size = int(backend.resize_size), int(backend.img_size)
+        self.default_min_prob = float(min_prob) if min_prob is not None else 0.0
+
+    @classmethod
+    def load(cls, model_path, device="cpu", backend="auto", min_prob=None) -> "ExportedModelRecognizer":
+        from .backends import load_backend  # noqa: PLC0415
+
+        return cls(load_backend(model_path, backend=backend, device=device), min_prob)
+
+    def records(self, batch: torch.Tensor, paths: list[str], k: int = 5, min_prob: float | None = None,
+                gps=None) -> list[dict]:
+        from .tagging import make_record  # noqa: PLC0415
+
+        threshold = self.default_min_prob if min_prob is None else float(min_prob)
+        probs, _ = self.backend(batch)
+        out = []
+        for i, path in enumerate(paths):
+            record = make_record(path, probs[i], self.class_names, k, threshold, gps[i] if gps else None)
+            if record["status"] == "low_confidence":
+                record["status"] = "no_known_landmark"
+            record.update(threshold=threshold, method=self.method)
+            out.append(record)
+        return out
+
+    def error_record(self, path: str, message: str) -> dict:
+        from .tagging import make_record  # noqa: PLC0415
+
+        return {**make_record(path, None, self.class_names, error=message), "threshold": None, "method": None}
+
+    def landmarks(self) -> list[dict]:
+        from .landmarks import display_name, landmark_info  # noqa: PLC0415
+
+        out = []
+        for folder in self.class_names:
+            info = landmark_info(folder) or {}
+            out.append({"class": folder, "name": display_name(folder), "city": info.get("city"),
+                        "country": info.get("country"), "lat": info.get("lat"), "lon": info.get("lon"),
+                        "references": None, "source": "model"})
+        return out
+
+
+def load_recognizer(model_path, device: str = "cpu", backend: str = "auto", min_prob: float | None = None):
+    """The open-set :class:`src.recognizer.Recognizer` for ``model_path`` (its index found beside it), or
+    :class:`ExportedModelRecognizer` where that module does not exist."""
+    try:
+        from .recognizer import Recognizer  # noqa: PLC0415
+    except ImportError:
+        return ExportedModelRecognizer.load(model_path, device=device, backend=backend, min_prob=min_prob)
+    return Recognizer.load(model_path, device=device, backend=backend, min_prob=min_prob)
+
+
+def api_record(record: dict) -> dict:
+    """A recognizer record as the API answers it: ``file`` instead of ``path``."""
+    record = dict(record)
+    record["file"] = record.pop("path", None)
+    return {"file": record["file"], **{k: v for k, v in record.items() if k != "file"}}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dynamic batching: one model thread, photos grouped across requests
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    future: Future
+    image: torch.Tensor | None = None
+    name: str = ""
+    key: tuple = ()                         # (k, min_prob): photos share a forward pass only with equal keys
+    call: Callable[[], Any] | None = None   # a task for the model thread (enrol, remove, warm-up)
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Runs the recognizer on one thread: photos submitted from any thread are grouped into batches of at most
+    ``max_batch`` (waiting at most ``max_wait_s`` after the first for more while the model is idle; photos that
+    piled up during a forward pass go into the next one at once). Futures cancelled meanwhile (a request that
+    timed out) are skipped. Other calls on the model (adding a landmark) run on the same thread, between batches,
+    so the recognizer never sees two threads."""
+
+    def __init__(self, recognizer, max_batch: int = 8, max_wait_s: float = 0.005,
+                 on_batch: Callable[[int, float], None] | None = None):
+        self.recognizer = recognizer
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait_s = max(0.0, float(max_wait_s))
+        self.on_batch = on_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._pending: deque = deque()
+        self._thread = threading.Thread(target=self._run, name="landmark-model", daemon=True)
+        self._thread.start()
+
+    def queued(self) -> int:
+        return self._queue.qsize() + len(self._pending)
+
+    def submit(self, image: torch.Tensor, name: str, k: int, min_prob: float | None) -> Future:
+        future: Future = Future()
+        self._queue.put(_Job(future, image, name, (int(k), min_prob)))
+        return future
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self._queue.put(_Job(future, call=fn))
+        return future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what was submitted, then stop the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _next(self, timeout: float | None) -> Any:
+        try:
+            return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _run(self) -> None:
+        stopping = False
+        while not (stopping and not self._pending):
+            if not self._pending:
+                job = self._next(None)
+                if job is _STOP:
+                    stopping = True
+                    continue
+                self._pending.append(job)
+            head = self._pending[0]
+            if head.call is not None:
+                self._pending.popleft()
+                if head.future.set_running_or_notify_cancel():
+                    try:
+                        head.future.set_result(head.call())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        head.future.set_exception(exc)
+                continue
+            deadline = time.monotonic() + self.max_wait_s
+            while not stopping:  # gather: everything already queued, then wait a little for more
+                same = sum(1 for j in self._pending if j.call is None and j.key == head.key)
+                if same >= self.max_batch:
+                    break
+                job = self._next(deadline - time.monotonic())
+                if job is None:
+                    break
+                if job is _STOP:
+                    stopping = True
+                    break
+                self._pending.append(job)
+            batch, rest = [], deque()
+            for job in self._pending:
+                if len(batch) < self.max_batch and job.call is None and job.key == head.key:
+                    batch.append(job)
+                else:
+                    rest.append(job)
+            self._pending = rest
+            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            if batch:
+                self._forward(batch)
+
+    def _forward(self, batch: list[_Job]) -> None:
+        start = time.perf_counter()
+        try:
+            k, min_prob = batch[0].key
+            records = self.recognizer.records(torch.stack([j.image for j in batch]), [j.name for j in batch],
+                                              k=k, min_prob=min_prob)
+        except BaseException as exc:  # noqa: BLE001 - every request of the batch gets the error
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        for job, record in zip(batch, records):
+            job.future.set_result(record)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------------
+
+class Metrics:
+    """Prometheus metrics in a registry of their own (several apps in one process, as in the tests)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram  # noqa: PLC0415
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("landmark_requests", "HTTP requests answered", ["endpoint", "code"],
+                                registry=self.registry)
+        self.errors = Counter("landmark_errors", "Errors by kind", ["kind"], registry=self.registry)
+        self.photos = Counter("landmark_photos", "Photos answered, by status", ["status"], registry=self.registry)
+        self.latency = Histogram("landmark_request_seconds", "Request latency (seconds)", ["endpoint"],
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                 registry=self.registry)
+        self.batch_size = Histogram("landmark_batch_size", "Photos per forward pass",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.forward_seconds = Histogram("landmark_forward_seconds", "Time of one batched forward pass",
+                                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry)
+        self.queue_length = Gauge("landmark_queue_length", "Photos waiting for the model", registry=self.registry)
+        self.in_flight = Gauge("landmark_requests_in_flight", "Requests inside the service", registry=self.registry)
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.forward_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest  # noqa: PLC0415
+
+        return generate_latest(self.registry)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Limits as ASGI middleware: body size, admission (bounded queue), per-request timeout
+# --------------------------------------------------------------------------------------------------------------
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+class LimitsMiddleware:
+    """Refuses what would hurt the service before the application reads it.
+
+    * a body over ``max_upload_bytes``: 413 on its ``Content-Length`` before reading any of it, else (chunked
+      uploads) as soon as the bytes read pass the limit;
+    * more than ``max_requests`` requests inside: 503 with ``Retry-After`` at once (health, metrics and the
+      landmark list are never refused);
+    * a request still unanswered ``timeout_s`` after it was let in: 504.
+    """
+
+    def __init__(self, app, state: "ServiceState"):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state, settings = self.state, self.state.settings
+        path = scope.get("path", "")
+        limited = scope.get("method") in ("POST", "PUT", "PATCH", "DELETE") or path == "/v1/recognize"
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                state.metrics.errors.labels("bad_request").inc()
+                return await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+            if declared > settings.max_upload_bytes:
+                state.metrics.errors.labels("too_large").inc()
+                state.metrics.requests.labels(path, "413").inc()
+                return await _send_json(send, 413, {"detail": _too_large(declared, settings.max_upload_bytes)},
+                                        {"Connection": "close"})
+        if not limited:
+            return await self.app(scope, receive, send)
+        if state.active >= settings.max_requests or state.closing:
+            state.metrics.errors.labels("overloaded").inc()
+            state.metrics.requests.labels(path, "503").inc()
+            retry = state.retry_after()
+            return await _send_json(send, 503, {"detail": f"the service is at capacity ({state.active} requests "
+                                                          f"inside); retry in {retry} s"}, {"Retry-After": str(retry)})
+        received, too_large, started = 0, False, False
+
+        async def counted_receive():
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > settings.max_upload_bytes:
+                    too_large = True
+                    raise _BodyTooLarge()
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if too_large and not started:  # the app's own reaction to the aborted body (a 400) is replaced
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        state.active += 1
+        state.metrics.in_flight.set(state.active)
+        try:
+            await asyncio.wait_for(self.app(scope, counted_receive, guarded_send), settings.timeout_s)
+        except _BodyTooLarge:
+            pass
+        except asyncio.TimeoutError:
+            state.metrics.errors.labels("timeout").inc()
+            if not started:
+                started = True
+                state.metrics.requests.labels(path, "504").inc()
+                await _send_json(send, 504, {"detail": f"not answered within {settings.timeout_s:g} s; the service "
+                                                       f"is overloaded or the photos too many"})
+        finally:
+            state.active -= 1
+            state.metrics.in_flight.set(state.active)
+        if too_large and not started:
+            state.metrics.errors.labels("too_large").inc()
+            state.metrics.requests.labels(path, "413").inc()
+            await _send_json(send, 413, {"detail": _too_large(received, settings.max_upload_bytes, read=True)},
+                             {"Connection": "close"})
+
+
+def _too_large(size: int, limit: int, read: bool = False) -> str:
+    what = f"more than {limit} bytes read" if read else f"{size} bytes"
+    return f"upload too large ({what}; the limit is {limit / 2**20:g} MiB per request)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The application
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ServiceState:
+    settings: ServeSettings
+    metrics: Metrics
+    recognizer: Any = None
+    batcher: Batcher | None = None
+    decoder: ThreadPoolExecutor | None = None
+    token: str | None = None
+    model_name: str = ""
+    ready: bool = False
+    closing: bool = False
+    active: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: about the time the model needs for what is queued."""
+        if self.batcher is None:
+            return 1
+        # prometheus_client keeps no public getter for a histogram's sum
+        photos = self.metrics.batch_size._sum.get()  # noqa: SLF001
+        per_photo = self.metrics.forward_seconds._sum.get() / photos if photos else 0.1  # noqa: SLF001
+        return max(1, math.ceil(per_photo * (self.batcher.queued() + self.active)))
+
+
+def read_token(env: dict | None = None) -> str | None:
+    """The API token from ``LANDMARK_API_TOKEN``, else from the file named by ``LANDMARK_API_TOKEN_FILE``; None when
+    neither is set (the write endpoints are then off). There is never a default token."""
+    env = os.environ if env is None else env
+    token = env.get(TOKEN_ENV)
+    if not token and env.get(TOKEN_FILE_ENV):
+        path = Path(env[TOKEN_FILE_ENV])
+        try:
+            token = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the API token file ({exc.strerror or exc})") from None
+        token = token.strip()
+        if not token:
+            raise ValueError(f"{path}: the API token file is empty")
+    return token.strip() if token else None
+
+
+def create_app(model, settings: ServeSettings | None = None, *, backend: str = "auto", device: str = "cpu",
+               token: str | None = None, recognizer=None):
+    """The FastAPI application serving ``model`` (an exported model file; or pass a loaded ``recognizer``).
+
+    The model is loaded and warmed up when the application starts (``/healthz`` answers 200 from then on) and
+    the model thread stops after the requests in flight are answered.
+    """
+    settings = settings or ServeSettings()
+    state = ServiceState(settings, Metrics(), token=token or None, model_name=str(model))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        rec = recognizer
+        if rec is None:
+            rec = await loop.run_in_executor(None, lambda: load_recognizer(model, device, backend, settings.min_prob))
+        state.recognizer = rec
+        state.decoder = ThreadPoolExecutor(max_workers=max(1, settings.decode_threads), thread_name_prefix="decode")
+        state.batcher = Batcher(rec, settings.max_batch, settings.max_wait_ms / 1000.0, state.metrics.on_batch)
+        size = int(rec.resize_size)
+        for n in (1, settings.max_batch, 1):  # the first calls of an optimised TorchScript module are slow
+            blank = torch.zeros(3, size, size, dtype=torch.uint8)
+            await asyncio.gather(*(asyncio.wrap_future(state.batcher.submit(blank, "warm-up", 1, None))
+                                   for _ in range(n)))
+        state.ready = True
+        log.info("Serving %s (%s backend, %d classes)", model, getattr(getattr(rec, "backend", None), "name", "?"),
+                 len(rec.landmarks()))
+        try:
+            yield
+        finally:
+            state.ready, state.closing = False, True
+            await loop.run_in_executor(None, state.batcher.close)
+            state.decoder.shutdown(wait=True)
+
+    app = FastAPI(title="Landmark Tagger", version="1",
+                  description="Recognise famous landmarks in photos and give their location. `POST /v1/recognize` "
+                              "with multipart parts named `photos`.", lifespan=lifespan)
+    app.add_middleware(LimitsMiddleware, state=state)
+    bearer = HTTPBearer(auto_error=False)
+
+    def timed(endpoint: str):
+        def deco(fn):
+            import functools  # noqa: PLC0415
+
+            @functools.wraps(fn)
+            async def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                code = "500"
+                try:
+                    response = await fn(*args, **kwargs)
+                    code = str(getattr(response, "status_code", 200))
+                    return response
+                except HTTPException as exc:
+                    code = str(exc.status_code)
+                    raise
+                finally:
+                    state.metrics.requests.labels(endpoint, code).inc()
+                    state.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            return wrapper
+        return deco
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if state.token is None:
+            state.metrics.errors.labels("forbidden").inc()
+            raise HTTPException(403, f"changing landmarks is off: no API token is configured (set {TOKEN_ENV} or "
+                                     f"{TOKEN_FILE_ENV} where the service starts)")
+        given = credentials.credentials if credentials is not None else ""
+        if not given or not hmac.compare_digest(given.encode(), state.token.encode()):
+            state.metrics.errors.labels("unauthorized").inc()
+            raise HTTPException(401, "missing or wrong API token (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    async def decode(upload: UploadFile, size: int, crop: int) -> tuple[torch.Tensor | None, str | None]:
+        name = upload.filename or "photo"
+        data = await upload.read()
+        loop = asyncio.get_running_loop()
+        try:
+            image = await loop.run_in_executor(state.decoder, _decode_upload, data, name, size, crop,
+                                               settings.max_pixels)
+        except Exception as exc:  # one bad photo stays with that photo
+            return None, error_line(name, exc)
+        return image, None
+
+    @app.get("/healthz", summary="200 once the model is loaded and answering")
+    async def healthz():
+        if not state.ready:
+            return JSONResponse({"status": "starting" if not state.closing else "stopping"}, status_code=503)
+        return {"status": "ok", "model": state.model_name,
+                "backend": getattr(getattr(state.recognizer, "backend", None), "name", None),
+                "landmarks": len(state.recognizer.landmarks()), "queued": state.batcher.queued(),
+                "in_flight": state.active, "uptime_s": round(time.monotonic() - state.started, 1)}
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)")
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
+
+        state.metrics.queue_length.set(state.batcher.queued() if state.batcher else 0)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/recognize", summary="Recognise the landmark in each photo",
+              responses={413: {"description": "upload too large or too many photos"},
+                         422: {"description": "no usable photo in the request"},
+                         503: {"description": "at capacity; retry after Retry-After seconds"},
+                         504: {"description": "not answered in time"}})
+    @timed("/v1/recognize")
+    async def recognize(photos: list[UploadFile] = File(..., description="one or more photo files"),
+                        k: int = Query(5, ge=1, le=MAX_K, description="how many guesses per photo"),
+                        min_prob: float | None = Query(None, ge=0.0, le=1.0,
+                                                       description="override the model's calibrated threshold "
+                                                                   "for 'no known landmark'")):
+        """One record per photo, in the order sent: `status` is `ok` (a landmark, its place and top-k guesses),
+        `no_known_landmark` (no location given: a wrong one is worse than none) or `error` (a one-line reason);
+        a request of only bad photos is a 422 with the same records."""
+        if len(photos) > settings.max_photos:
+            state.metrics.errors.labels("too_many_photos").inc()
+            raise HTTPException(413, f"too many photos in one request ({len(photos)}; the limit is "
+                                     f"{settings.max_photos})")
+        rec = state.recognizer
+        size, crop = int(rec.resize_size), int(rec.img_size)
+        threshold = settings.min_prob if min_prob is None else min_prob
+        decoded = await asyncio.gather(*(decode(p, size, crop) for p in photos))
+        futures = [asyncio.wrap_future(state.batcher.submit(image, p.filename or "photo", k, threshold))
+                   if image is not None else None for p, (image, _) in zip(photos, decoded)]
+        state.metrics.queue_length.set(state.batcher.queued())
+        try:
+            answered = await asyncio.gather(*(f for f in futures if f is not None))
+        except asyncio.CancelledError:
+            for f in futures:
+                if f is not None:
+                    f.cancel()
+            raise
+        answers = iter(answered)
+        results = []
+        for photo, (image, error), future in zip(photos, decoded, futures):
+            record = next(answers) if future is not None else rec.error_record(photo.filename or "photo", error)
+            results.append(api_record(record))
+            state.metrics.photos.labels(record["status"]).inc()
+            if record["status"] == "error":
+                state.metrics.errors.labels("bad_photo").inc()
+        if all(r["status"] == "error" for r in results):
+            return JSONResponse({"detail": "no usable photo in the request: " + "; ".join(
+                r["error"] or "" for r in results)[:2000], "results": results}, status_code=422)
+        return {"results": results}
+
+    @app.get("/v1/landmarks", summary="The landmarks the model knows")
+    @timed("/v1/landmarks")
+    async def landmarks():
+        return {"landmarks": state.recognizer.landmarks()}
+
+    @app.post("/v1/landmarks", summary="Add a landmark from example photos (API token required)",
+              dependencies=[Depends(require_token)], status_code=201)
+    @timed("POST /v1/landmarks")
+    async def add_landmark(name: str = Form(..., min_length=1, max_length=200),
+                           photos: list[UploadFile] = File(..., description="example photos of the landmark"),
+                           city: str | None = Form(None), country: str | None = Form(None),
+                           lat: float | None = Form(None, ge=-90, le=90), lon: float | None = Form(None, ge=-180, le=180)):
+        rec = state.recognizer
+        if not callable(getattr(rec, "enroll", None)):
+            raise HTTPException(501, "this model cannot learn landmarks (no landmark index beside it)")
+        if len(photos) > settings.max_photos:
+            raise HTTPException(413, f"too many photos in one request ({len(photos)}; the limit is "
+                                     f"{settings.max_photos})")
+        loop = asyncio.get_running_loop()
+        images, errors = [], []
+        for upload in photos:
+            upload_name = upload.filename or "photo"
+            data = await upload.read()
+            try:
+                images.append(await loop.run_in_executor(state.decoder, _load_upload, data, upload_name,
+                                                         int(rec.resize_size), settings.max_pixels))
+            except Exception as exc:
+                errors.append(error_line(upload_name, exc))
+        if errors:
+            raise HTTPException(422, "; ".join(errors)[:2000])
+        try:
+            result = await asyncio.wrap_future(state.batcher.call(
+                lambda: rec.enroll(name, images, city=city, country=country, lat=lat, lon=lon)))
+        except (ValueError, KeyError) as exc:
+            raise HTTPException(409 if "exist" in str(exc) else 400, _one_line(exc)) from None
+        return JSONResponse(result, status_code=201)
+
+    @app.delete("/v1/landmarks/{landmark}", summary="Remove an added landmark (API token required)",
+                dependencies=[Depends(require_token)])
+    @timed("DELETE /v1/landmarks")
+    async def remove_landmark(landmark: str):
+        rec = state.recognizer
+        if not callable(getattr(rec, "remove", None)):
+            raise HTTPException(501, "this model cannot learn landmarks (no landmark index beside it)")
+        try:
+            return await asyncio.wrap_future(state.batcher.call(lambda: rec.remove(landmark)))
+        except KeyError as exc:
+            raise HTTPException(404, _one_line(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(400, _one_line(exc)) from None
+
+    app.state.service = state
+    return app
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split())[:500] or type(exc).__name__
+
+
+def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse a photo whose header declares more than ``max_pixels`` before any pixel is decoded."""
+    if max_pixels >= MAX_IMAGE_PIXELS:
+        return  # open_image refuses above its own limit the same way
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # not an image: open_image gives the reason
+        return
+    if width * height > max_pixels:
+        raise ImageLoadError(name, f"too large ({width}x{height} = {width * height} pixels; this service takes at "
+                                   f"most {max_pixels})")
+
+
+def _decode_upload(data: bytes, name: str, size: int, crop: int, max_pixels: int) -> torch.Tensor:
+    _check_pixels(data, name, max_pixels)
+    return decode_for_batch(data, size, crop, name=name)
+
+
+def _load_upload(data: bytes, name: str, size: int, max_pixels: int) -> torch.Tensor:
+    from .predictor import load_image_tensor  # noqa: PLC0415
+
+    _check_pixels(data, name, max_pixels)
+    return load_image_tensor(data, size, name=name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line: python -m src serve --model M [--host 127.0.0.1] [--port 8000] [--backend ...]
+# --------------------------------------------------------------------------------------------------------------
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from .backends import add_backend_argument  # noqa: PLC0415
+
+    d = ServeSettings()
+    parser.add_argument("--model", default=None,
+                        help="exported model (default: checkpoints/transfer_exported.pt, else original_exported.pt)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    add_backend_argument(parser)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.add_argument("--max-batch", type=int, default=d.max_batch, help="photos per forward pass (default %(default)s)")
+    parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                        help="how long an idle model waits for more photos (default %(default)s ms)")
+    parser.add_argument("--max-requests", type=int, default=d.max_requests,
+                        help="requests inside at once; more get 503 + Retry-After (default %(default)s)")
+    parser.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20,
+                        help="largest request body in MiB (default %(default)g)")
+    parser.add_argument("--max-photos", type=int, default=d.max_photos, help="photos per request (default %(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                        help="largest photo in pixels, checked on its header (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request (default %(default)g)")
+    parser.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                        help="threads decoding photos (default %(default)s)")
+    parser.add_argument("--min-prob", type=float, default=None,
+                        help="'no known landmark' threshold for every request (default: the model's calibrated one)")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    from .predictor import default_exported_path  # noqa: PLC0415
+
+    model = args.model or str(default_exported_path())
+    for name in ("max_batch", "max_requests", "max_photos", "max_pixels", "decode_threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_wait_ms < 0 or args.timeout <= 0 or args.max_upload_mb <= 0:
+        raise ValueError("--max-wait-ms must be >= 0, --timeout and --max-upload-mb > 0")
+    if args.min_prob is not None and not 0.0 <= args.min_prob <= 1.0:
+        raise ValueError(f"--min-prob must be between 0 and 1, got {args.min_prob}")
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_requests=args.max_requests,
+                             max_upload_bytes=int(args.max_upload_mb * 2**20), max_photos=args.max_photos,
+                             max_pixels=args.max_pixels, timeout_s=args.timeout, decode_threads=args.decode_threads,
+                             min_prob=args.min_prob)
+    token = read_token()
+    if token is None:
+        log.info("No API token (%s / %s): adding and removing landmarks is off", TOKEN_ENV, TOKEN_FILE_ENV)
+    app = create_app(model, settings, backend=args.backend, device=args.device, token=token)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info",
+                timeout_graceful_shutdown=int(math.ceil(settings.timeout_s)) + 5)
+    return 0
