@@ -308,3 +308,82 @@ def test_write_into_photo_refuses_what_it_cannot_write_and_never_touches_an_erro
     # with sidecars on, the photos ExifTool cannot write into still get theirs
     assert update_metadata(liar, tag_row(), PROVENANCE, sidecar=True, into_photo=True) == "written"
     assert_ours(read_back(sidecar_path(liar)))
+
+
+# ---- end to end: python -m src tag --sidecar / --write-into-photo, then report ------------------------------------
+
+@pytest.mark.slow
+def test_tag_command_writes_updates_and_removes_metadata_end_to_end(tmp_path):
+    """The real command in its own process: sidecars (new, darktable's, Lightroom's), the camera's GPS kept,
+    an unchanged rerun touching nothing, ``--write-into-photo`` with the pixels kept, and a threshold that turns
+    every answer into "no known landmark" taking all our fields away again; then ``report`` finds the folder."""
+    import subprocess
+    import sys
+
+    from test_tagging import CLASSES, MEAN, STD, TinyNet
+
+    from src.predictor import Predictor, export_torchscript
+
+    model = tmp_path / "golden_gate.pt"  # answers the Golden Gate Bridge (p > 0.99) for every photo
+    export_torchscript(Predictor(TinyNet(favour=0), CLASSES, MEAN, STD, img_size=32, arch="scratch"), model)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_photo(photos / "plain.jpg", 1)
+    make_photo(photos / "holiday.jpg", 2)
+    sidecar_path(photos / "holiday.jpg").write_text(DARKTABLE_SIDECAR, encoding="utf-8")
+    make_photo(photos / "IMG_1.png", 3, fmt="PNG")
+    (photos / "IMG_1.xmp").write_text(DARKTABLE_SIDECAR, encoding="utf-8")
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 30.24), 3: "E", 4: (2.0, 17.0, 40.2)}
+    make_photo(photos / "camera.jpg", 4, exif=exif)
+    (photos / "broken.jpg").write_bytes(b"")
+    pixels_before = {p.name: pixels(p) for p in photos.glob("*.[jp][pn]g") if p.stat().st_size}
+    out = tmp_path / "tags.csv"
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def tag(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "src", "tag", str(photos), "--model", str(model), "--out",
+                               str(out), *extra], capture_output=True, text=True, timeout=300, env=env)
+
+    first = tag("--sidecar", "--min-prob", "0.5")
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr[-2000:]  # broken.jpg failed
+    assert "metadata: 2 updated, 2 written" in first.stdout, first.stdout  # darktable's, Lightroom's; 2 new
+    plain = read_back(sidecar_path(photos / "plain.jpg"))
+    assert plain["XMP-LandmarkTagger:Model"] == "golden_gate.pt"
+    assert plain["XMP-LandmarkTagger:ModelSHA256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert plain["XMP-LandmarkTagger:Method"] == "classifier" and float(plain["XMP-LandmarkTagger:Threshold"]) == 0.5
+    assert plain["XMP-photoshop:City"] == "San Francisco" and plain["XMP-lr:HierarchicalSubject"] == [
+        "Places|United States|San Francisco|Golden Gate Bridge"]
+    holiday = read_back(sidecar_path(photos / "holiday.jpg"))
+    assert "XMP-darktable:History" in holiday and holiday["XMP-dc:Subject"][:3] == ["holiday", "San Francisco",
+                                                                                    "1.50"]
+    assert read_back(photos / "IMG_1.xmp")["XMP-photoshop:Country"] == "United States"
+    assert not sidecar_path(photos / "IMG_1.png").exists()  # Lightroom's sidecar was used, not a second one
+    camera = read_back(sidecar_path(photos / "camera.jpg"))
+    assert float(camera["XMP-exif:GPSLatitude"]) == pytest.approx(48.8584, abs=1e-4)
+    assert not sidecar_path(photos / "broken.jpg").exists()
+
+    sidecars = {p.name: sha(p) for p in photos.glob("*.xmp")}
+    again = tag("--sidecar", "--min-prob", "0.5")  # nothing changed: nothing written
+    assert {p.name: sha(p) for p in photos.glob("*.xmp")} == sidecars and "metadata" not in again.stdout
+
+    into = tag("--sidecar", "--write-into-photo", "--min-prob", "0.5", "--redo")
+    assert "Traceback" not in into.stderr, into.stderr[-2000:]
+    for name, before in pixels_before.items():
+        assert all(np.array_equal(a, b) for a, b in zip(pixels(photos / name), before)), name
+        assert read_back(photos / name)["XMP-photoshop:City"] == "San Francisco", name
+    assert "XMP-exif:GPSLatitude" not in read_back(photos / "camera.jpg")
+    assert read_exif_gps(photos / "camera.jpg") == pytest.approx((48.8584, 2.2945), abs=1e-4)
+
+    gone = tag("--min-prob", "0.9999")  # every decision changes to "no known landmark"
+    assert "Traceback" not in gone.stderr and "removed" in gone.stdout, gone.stdout + gone.stderr[-2000:]
+    assert not sidecar_path(photos / "plain.jpg").exists()  # only ours was in it
+    for path in (sidecar_path(photos / "holiday.jpg"), photos / "IMG_1.xmp", photos / "plain.jpg"):
+        assert_none_of_ours(read_back(path))
+    assert read_back(sidecar_path(photos / "holiday.jpg"))["XMP-dc:Subject"] == ["holiday", "San Francisco", "1.50"]
+    assert read_exif_gps(photos / "camera.jpg") == pytest.approx((48.8584, 2.2945), abs=1e-4)
+
+    report = subprocess.run([sys.executable, "-m", "src", "report", str(out)], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert report.returncode == 0 and "0 tagged" in report.stdout and "4 no known landmark" in report.stdout, (
+        report.stdout + report.stderr)
