@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import logging
 import math
 import os
@@ -28,21 +26,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .distributed import ShardSampler, all_gather_object, all_reduce_sum, barrier, cleanup, explain_lost_peers, \
-    get_rank, init_distributed, is_distributed, local_device, local_main_process_first, on_main_process, \
-    sync_buffers, unshard, wrap_ddp
-from .distributed import is_main_process as _is_main_process
 from .checkpoint import CheckpointError, checkpoint_metadata, checkpoint_state, first_mismatch, load_checkpoint, \
     plain, run_metadata, save_checkpoint
 from .data import compute_mean_and_std, get_data_loaders, load_landmark_data
 from .data_config import resolve_data_config
+from .distributed import ShardSampler, all_gather_object, all_reduce_sum, barrier, cleanup, explain_lost_peers, \
+    get_rank, init_distributed, is_distributed, local_device, local_main_process_first, on_main_process, \
+    sync_buffers, unshard, wrap_ddp
+from .distributed import is_main_process as _is_main_process
 from .efficientnet_lite import OFFLINE_ARCHS
 from .feature_cache import DEFAULT_N_VIEWS, get_feature_loaders
-from .helpers import CHECKPOINTS_DIR, atomic_path, atomic_write_json, atomic_write_text, ensure_writable_dir, \
-    get_device, in_notebook, seed_everything
+from .helpers import CHECKPOINTS_DIR, atomic_write_json, ensure_writable_dir, get_device, in_notebook, \
+    seed_everything
+from .history import LivePlot, plot_history, write_history
 from .model import SCRATCH_ARCHS, create_model
-from .transfer import CachedActivationModel
 from .optimization import get_loss, get_optimizer, get_scheduler, steps_per_batch
+from .transfer import CachedActivationModel
 
 log = logging.getLogger(__name__)
 
@@ -247,71 +246,6 @@ def _set_rng_state(state: Mapping) -> None:
         np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# History: files and plots
-# --------------------------------------------------------------------------------------------------------------
-
-def plot_history(history: list[dict], path: str | os.PathLike | None = None, fig=None):
-    """Train/valid loss and accuracy per epoch; saved as PNG (atomically) when ``path`` is given."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - plotting only when asked
-
-    if fig is None:
-        fig, _ = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss, ax_acc = fig.axes[:2]
-    for ax in (ax_loss, ax_acc):
-        ax.clear()
-    epochs = [h["epoch"] for h in history]
-    validated = [h for h in history if h.get("valid_loss") is not None]  # none with --valid-size 0
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    if validated:
-        ax_loss.plot([h["epoch"] for h in validated], [h["valid_loss"] for h in validated], "o-", label="valid")
-        ax_acc.plot([h["epoch"] for h in validated], [h["valid_acc"] for h in validated], "o-", label="valid")
-    ax_loss.set(title="Loss", xlabel="epoch")
-    ax_acc.set(title="Accuracy", xlabel="epoch", ylim=(0, 1))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buffer.getvalue())
-    return fig
-
-
-class LivePlot:
-    """Redraws the history plot in the notebook cell after every epoch."""
-
-    def __init__(self):
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-
-        self.fig, _ = plt.subplots(1, 2, figsize=(11, 4))
-        plt.close(self.fig)  # shown through display(), not by the inline backend at cell end
-        self.handle = None
-
-    def update(self, history: list[dict]) -> None:
-        from IPython.display import display  # noqa: PLC0415
-
-        plot_history(history, fig=self.fig)
-        # A display handle redraws this one output in place; clear_output would also wipe the progress bars.
-        if self.handle is None:
-            self.handle = display(self.fig, display_id=True)
-        else:
-            self.handle.update(self.fig)
-
-
-def write_history(history: list[dict], files: Mapping[str, Path]) -> None:
-    atomic_write_json(files["history_json"], history)
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(files["history_csv"], out.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------------------
