@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds = statistics.median(times[name])
         written = sum(counts[name].values())
         extra = seconds - base
-        table_rows.append({"method": name, "photos": n, "seconds": f"{seconds:.1f}", "photos_per_s": f"{n / seconds:.1f}",
-                           "vs_tag": f"{seconds / base:.2f}x", "metadata": str(counts[name] or "-"),
+        table_rows.append({"method": name, "photos": n, "seconds": f"{seconds:.1f}",
+                           "photos_per_s": f"{n / seconds:.1f}", "vs_tag": f"{seconds / base:.2f}x",
+                           "metadata": str(counts[name] or "-"),
                            "metadata_per_s": f"{written / extra:.0f}" if written and extra > 0 else "-"})
     for label, (seconds, words) in (("sidecars only: new", only_new), ("sidecars only: rerun (unchanged)", only_rerun),
                                     ("sidecars only: darktable merge", only_merge)):
