@@ -82,12 +82,11 @@ class ExportedModelRecognizer:
 
         return cls(load_backend(model_path, backend=backend, device=device), min_prob)
 
-    def records(self, batch: torch.Tensor, paths: list[str], k: int = 5, min_prob: float | None = None,
-                gps=None) -> list[dict]:
+    def decide(self, probs: torch.Tensor, embedding, paths: list[str], k: int = 5, min_prob: float | None = None,
+               gps=None) -> list[dict]:
         from .tagging import make_record  # noqa: PLC0415
 
         threshold = self.default_min_prob if min_prob is None else float(min_prob)
-        probs, _ = self.backend(batch)
         out = []
         for i, path in enumerate(paths):
             record = make_record(path, probs[i], self.class_names, k, threshold, gps[i] if gps else None)
@@ -96,6 +95,11 @@ class ExportedModelRecognizer:
             record.update(threshold=threshold, method=self.method)
             out.append(record)
         return out
+
+    def records(self, batch: torch.Tensor, paths: list[str], k: int = 5, min_prob: float | None = None,
+                gps=None) -> list[dict]:
+        probs, embedding = self.backend(batch)
+        return self.decide(probs, embedding, paths, k, min_prob, gps)
 
     def error_record(self, path: str, message: str) -> dict:
         from .tagging import make_record  # noqa: PLC0415
@@ -140,7 +144,7 @@ class _Job:
     future: Future
     image: torch.Tensor | None = None
     name: str = ""
-    key: tuple = ()                         # (k, min_prob): photos share a forward pass only with equal keys
+    key: tuple = ()                         # (k, min_prob): the decision's settings for this photo
     call: Callable[[], Any] | None = None   # a task for the model thread (enrol, remove, warm-up)
 
 
@@ -150,8 +154,9 @@ _STOP = object()
 class Batcher:
     """Runs the recognizer on one thread: photos submitted from any thread are grouped into batches of at most
     ``max_batch`` (waiting at most ``max_wait_s`` after the first for more while the model is idle; photos that
-    piled up during a forward pass go into the next one at once). Futures cancelled meanwhile (a request that
-    timed out) are skipped. Other calls on the model (adding a landmark) run on the same thread, between batches,
+    piled up during a forward pass go into the next one at once), whatever each request's ``k`` and ``min_prob``
+    (they only change the decision, made per photo after the forward pass). Futures cancelled meanwhile (a
+    request that timed out) are skipped. Other calls on the model (adding a landmark) run on the same thread, between batches,
     so the recognizer never sees two threads."""
 
     def __init__(self, recognizer, max_batch: int = 8, max_wait_s: float = 0.005,
@@ -209,8 +214,8 @@ class Batcher:
                 continue
             deadline = time.monotonic() + self.max_wait_s
             while not stopping:  # gather: everything already queued, then wait a little for more
-                same = sum(1 for j in self._pending if j.call is None and j.key == head.key)
-                if same >= self.max_batch:
+                photos = sum(1 for j in self._pending if j.call is None)
+                if photos >= self.max_batch:
                     break
                 job = self._next(deadline - time.monotonic())
                 if job is None:
@@ -220,28 +225,32 @@ class Batcher:
                     break
                 self._pending.append(job)
             batch, rest = [], deque()
-            for job in self._pending:
-                if len(batch) < self.max_batch and job.call is None and job.key == head.key:
-                    batch.append(job)
-                else:
-                    rest.append(job)
+            for job in self._pending:  # photos up to max_batch; calls keep their place after them
+                (batch if len(batch) < self.max_batch and job.call is None else rest).append(job)
             self._pending = rest
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
             if batch:
                 self._forward(batch)
 
     def _forward(self, batch: list[_Job]) -> None:
+        """One forward pass for the whole batch; the decisions per request settings (``k``, ``min_prob``)."""
         start = time.perf_counter()
+        rec = self.recognizer
         try:
-            k, min_prob = batch[0].key
-            records = self.recognizer.records(torch.stack([j.image for j in batch]), [j.name for j in batch],
-                                              k=k, min_prob=min_prob)
+            probs, embedding = rec.backend(torch.stack([j.image for j in batch]))
+            groups: dict[tuple, list[int]] = {}
+            for i, job in enumerate(batch):
+                groups.setdefault(job.key, []).append(i)
+            for (k, min_prob), rows in groups.items():
+                records = rec.decide(probs[rows], embedding[rows] if embedding is not None else None,
+                                     [batch[i].name for i in rows], k=k, min_prob=min_prob)
+                for i, record in zip(rows, records):
+                    batch[i].future.set_result(record)
         except BaseException as exc:  # noqa: BLE001 - every request of the batch gets the error
             for job in batch:
-                job.future.set_exception(exc)
+                if not job.future.done():
+                    job.future.set_exception(exc)
             return
-        for job, record in zip(batch, records):
-            job.future.set_result(record)
         if self.on_batch is not None:
             self.on_batch(len(batch), time.perf_counter() - start)
 
@@ -595,22 +604,26 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
             raise HTTPException(413, f"too many photos in one request ({len(photos)}; the limit is "
                                      f"{settings.max_photos})")
         loop = asyncio.get_running_loop()
-        images, errors = [], []
+        size, crop = int(rec.resize_size), int(rec.img_size)
+        images, refs, errors = [], [], []
         for upload in photos:
             upload_name = upload.filename or "photo"
             data = await upload.read()
             try:
-                images.append(await loop.run_in_executor(state.decoder, _load_upload, data, upload_name,
-                                                         int(rec.resize_size), settings.max_pixels))
+                images.append(await loop.run_in_executor(state.decoder, _decode_upload, data, upload_name, size,
+                                                         crop, settings.max_pixels))
+                refs.append(f"{name}/{upload_name}")
             except Exception as exc:
                 errors.append(error_line(upload_name, exc))
         if errors:
             raise HTTPException(422, "; ".join(errors)[:2000])
+        location = {key: value for key, value in (("city", city), ("country", country), ("lat", lat), ("lon", lon))
+                    if value is not None}
         try:
             result = await asyncio.wrap_future(state.batcher.call(
-                lambda: rec.enroll(name, images, city=city, country=country, lat=lat, lon=lon)))
-        except (ValueError, KeyError) as exc:
-            raise HTTPException(409 if "exist" in str(exc) else 400, _one_line(exc)) from None
+                lambda: rec.enroll(name, images, refs=refs, location=location or None)))
+        except ValueError as exc:  # no index for this model (LandmarkIndexError), a bad name or location
+            raise HTTPException(409 if type(exc).__name__ == "LandmarkIndexError" else 400, _one_line(exc)) from None
         return JSONResponse(result, status_code=201)
 
     @app.delete("/v1/landmarks/{landmark}", summary="Remove an added landmark (API token required)",
@@ -624,8 +637,8 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
             return await asyncio.wrap_future(state.batcher.call(lambda: rec.remove(landmark)))
         except KeyError as exc:
             raise HTTPException(404, _one_line(exc)) from None
-        except ValueError as exc:
-            raise HTTPException(400, _one_line(exc)) from None
+        except ValueError as exc:  # no index for this model (LandmarkIndexError)
+            raise HTTPException(409 if type(exc).__name__ == "LandmarkIndexError" else 400, _one_line(exc)) from None
 
     app.state.service = state
     return app
@@ -655,13 +668,6 @@ def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
 def _decode_upload(data: bytes, name: str, size: int, crop: int, max_pixels: int) -> torch.Tensor:
     _check_pixels(data, name, max_pixels)
     return decode_for_batch(data, size, crop, name=name)
-
-
-def _load_upload(data: bytes, name: str, size: int, max_pixels: int) -> torch.Tensor:
-    from .predictor import load_image_tensor  # noqa: PLC0415
-
-    _check_pixels(data, name, max_pixels)
-    return load_image_tensor(data, size, name=name)
 
 
 # --------------------------------------------------------------------------------------------------------------
