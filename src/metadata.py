@@ -111,12 +111,13 @@ def sidecar_paths(photo: Path) -> list[Path]:
     be?); then only ``photo.jpg.xmp`` is used.
     """
     photo = Path(photo)
-    found = [p for p in (sidecar_path(photo), photo.with_suffix(".xmp")) if p.is_file()]
-    if len(found) == 2 or (found and found[0].name != photo.name + ".xmp"):
+    ours, lightroom = sidecar_path(photo), photo.with_suffix(".xmp")  # the same file for a name without ending
+    found = [p for p in dict.fromkeys((ours, lightroom)) if p.is_file()]
+    if lightroom != ours and lightroom in found:
         siblings = [p for p in photo.parent.glob(glob.escape(photo.stem) + ".*")
                     if p != photo and p.suffix.lower() != ".xmp" and is_candidate_image(p)]
         if siblings:
-            found = [p for p in found if p.name == photo.name + ".xmp"]
+            found.remove(lightroom)
     return found
 
 
