@@ -330,6 +330,18 @@ def plan_changes(current: dict, wanted: dict | None, gps_allowed: bool = True) -
     return assign, delete
 
 
+def _adopt_earlier_version(current: dict) -> dict:
+    """A sidecar written whole by this tool before it recorded its fields (``xmp:CreatorTool`` is ours, no
+    ``LandmarkTagger`` namespace): all of it is ours, to replace or remove like the rest."""
+    if current.get("XMP-xmp:CreatorTool") != CREATOR_TOOL or any(k.startswith(NS + ":") for k in current):
+        return current
+    adopted = dict(current)
+    singles = (*GPS_TAGS, "XMP-photoshop:City", "XMP-photoshop:Country", "XMP-xmp:CreatorTool")
+    adopted[f"{NS}:Fields"] = [f"{tag}={current[tag]}" for tag in singles if tag in current]
+    adopted[f"{NS}:Keywords"] = _as_list(current.get("XMP-dc:Subject"))
+    return adopted
+
+
 def _is_ours(location) -> bool:
     return isinstance(location, dict) and any(str(i).startswith(LOCATION_ID_PREFIX)
                                               for i in _as_list(location.get("Identifier")))
@@ -374,6 +386,7 @@ def _update_file(path: Path, wanted: dict | None, is_photo: bool, gps_allowed: b
     if exists and not is_photo and not _meaningful(current) and b"rdf:RDF" not in path.read_bytes():
         raise MetadataError(f"{path}: not an XMP sidecar ExifTool can read; left as it is (move it away to let "
                             "this tool write one)")
+    current = _adopt_earlier_version(current)
     if wanted is None and not any(k.startswith(NS + ":") for k in current):
         return "unchanged" if exists else "nothing"
     assign, delete = plan_changes(current, wanted, gps_allowed)

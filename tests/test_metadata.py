@@ -387,3 +387,24 @@ def test_tag_command_writes_updates_and_removes_metadata_end_to_end(tmp_path):
                             timeout=300, env=env)
     assert report.returncode == 0 and "0 tagged" in report.stdout and "4 no known landmark" in report.stdout, (
         report.stdout + report.stderr)
+
+
+def test_a_sidecar_of_the_earlier_version_is_taken_over(tmp_path):
+    """``tag --sidecar`` before this module wrote whole sidecars of its own (hand-built XML): they are ours."""
+    photo = make_photo(tmp_path / "old.jpg")
+    sidecar_path(photo).write_text(
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n<x:xmpmeta xmlns:x="adobe:ns:meta/" '
+        'x:xmptk="landmark-tagger">\n <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        'xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" '
+        'xmlns:dc="http://purl.org/dc/elements/1.1/" xmp:CreatorTool="landmark-tagger" exif:GPSVersionID="2.2.0.0" '
+        'exif:GPSMapDatum="WGS-84" exif:GPSLatitude="48,51.5040N" exif:GPSLongitude="2,17.6700E" '
+        'photoshop:City="Paris" photoshop:Country="France">\n   <dc:subject><rdf:Bag><rdf:li>Eiffel Tower</rdf:li>'
+        '<rdf:li>Paris</rdf:li><rdf:li>France</rdf:li></rdf:Bag></dc:subject>\n  </rdf:Description>\n </rdf:RDF>\n'
+        '</x:xmpmeta>\n<?xpacket end="w"?>\n', encoding="utf-8")
+    assert update_metadata(photo, tag_row(), PROVENANCE) == "updated"
+    data = read_back(sidecar_path(photo))
+    assert_ours(data)  # the Golden Gate Bridge's GPS, city and keywords replaced the old answer's
+    assert "Eiffel Tower" not in json.dumps(data) and "XMP-xmp:CreatorTool" not in data
+    assert update_metadata(photo, tag_row(status="no_known_landmark"), PROVENANCE) == "removed"
+    assert not sidecar_path(photo).exists()
