@@ -145,6 +145,7 @@ class _Job:
     image: torch.Tensor | None = None
     name: str = ""
     key: tuple = ()                         # (k, min_prob): the decision's settings for this photo
+    gps: tuple | None = None                # the photo's own EXIF position
     call: Callable[[], Any] | None = None   # a task for the model thread (enrol, remove, warm-up)
 
 
@@ -173,9 +174,9 @@ class Batcher:
     def queued(self) -> int:
         return self._queue.qsize() + len(self._pending)
 
-    def submit(self, image: torch.Tensor, name: str, k: int, min_prob: float | None) -> Future:
+    def submit(self, image: torch.Tensor, name: str, k: int, min_prob: float | None, gps=None) -> Future:
         future: Future = Future()
-        self._queue.put(_Job(future, image, name, (int(k), min_prob)))
+        self._queue.put(_Job(future, image, name, (int(k), min_prob), gps))
         return future
 
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -243,7 +244,8 @@ class Batcher:
                 groups.setdefault(job.key, []).append(i)
             for (k, min_prob), rows in groups.items():
                 records = rec.decide(probs[rows], embedding[rows] if embedding is not None else None,
-                                     [batch[i].name for i in rows], k=k, min_prob=min_prob)
+                                     [batch[i].name for i in rows], k=k, min_prob=min_prob,
+                                     gps=[batch[i].gps for i in rows])
                 for i, record in zip(rows, records):
                     batch[i].future.set_result(record)
         except BaseException as exc:  # noqa: BLE001 - every request of the batch gets the error
@@ -513,16 +515,16 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
             raise HTTPException(401, "missing or wrong API token (Authorization: Bearer TOKEN)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    async def decode(upload: UploadFile, size: int, crop: int) -> tuple[torch.Tensor | None, str | None]:
+    async def decode(upload: UploadFile, size: int, crop: int) -> tuple[torch.Tensor | None, str | None, Any]:
         name = upload.filename or "photo"
         data = await upload.read()
         loop = asyncio.get_running_loop()
         try:
-            image = await loop.run_in_executor(state.decoder, _decode_upload, data, name, size, crop,
-                                               settings.max_pixels)
+            image, gps = await loop.run_in_executor(state.decoder, _decode_upload, data, name, size, crop,
+                                                    settings.max_pixels, True)
         except Exception as exc:  # one bad photo stays with that photo
-            return None, error_line(name, exc)
-        return image, None
+            return None, error_line(name, exc), None
+        return image, None, gps
 
     @app.get("/healthz", summary="200 once the model is loaded and answering")
     async def healthz():
@@ -562,8 +564,8 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
         size, crop = int(rec.resize_size), int(rec.img_size)
         threshold = settings.min_prob if min_prob is None else min_prob
         decoded = await asyncio.gather(*(decode(p, size, crop) for p in photos))
-        futures = [asyncio.wrap_future(state.batcher.submit(image, p.filename or "photo", k, threshold))
-                   if image is not None else None for p, (image, _) in zip(photos, decoded)]
+        futures = [asyncio.wrap_future(state.batcher.submit(image, p.filename or "photo", k, threshold, gps))
+                   if image is not None else None for p, (image, _, gps) in zip(photos, decoded)]
         state.metrics.queue_length.set(state.batcher.queued())
         try:
             answered = await asyncio.gather(*(f for f in futures if f is not None))
@@ -574,7 +576,7 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
             raise
         answers = iter(answered)
         results = []
-        for photo, (image, error), future in zip(photos, decoded, futures):
+        for photo, (_, error, _), future in zip(photos, decoded, futures):
             record = next(answers) if future is not None else rec.error_record(photo.filename or "photo", error)
             results.append(api_record(record))
             state.metrics.photos.labels(record["status"]).inc()
@@ -665,9 +667,15 @@ def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
                                    f"most {max_pixels})")
 
 
-def _decode_upload(data: bytes, name: str, size: int, crop: int, max_pixels: int) -> torch.Tensor:
+def _decode_upload(data: bytes, name: str, size: int, crop: int, max_pixels: int, with_gps: bool = False):
+    """An upload as the uint8 ``[3, R, R]`` a batch stacks (and its EXIF GPS position, like ``predict``)."""
     _check_pixels(data, name, max_pixels)
-    return decode_for_batch(data, size, crop, name=name)
+    image = decode_for_batch(data, size, crop, name=name)
+    if not with_gps:
+        return image
+    from .metadata import read_exif_gps  # noqa: PLC0415
+
+    return image, read_exif_gps(io.BytesIO(data))
 
 
 # --------------------------------------------------------------------------------------------------------------
