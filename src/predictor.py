@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .data import class_display_name
 from .data_config import DEFAULT_IMG_SIZE, resize_size_for
 from .helpers import CHECKPOINTS_DIR, atomic_path, ensure_writable_dir, quiet_torchscript
 from .images import limit_aspect_ratio, open_image
