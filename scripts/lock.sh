@@ -8,7 +8,7 @@
 #                                        # from requirements-dev.txt and nothing else)
 #
 # Run it after changing requirements*.txt and commit requirements.lock with the change. The fresh install
-# downloads torch and, on Linux, its CUDA libraries (about 3 GB; pip's cache makes a second run quick).
+# downloads torch and, on Linux, its CUDA libraries (4.1 GB installed; pip's cache makes a second run quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"

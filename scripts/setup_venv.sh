@@ -21,8 +21,8 @@ if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stam
         grep -vE '^\s*(#|-r|$)' requirements.txt | sed 's/^/    /'
     fi
     if [ "$(uname -s)" = Linux ] && [ -z "${PIP_EXTRA_INDEX_URL:-}${PIP_INDEX_URL:-}" ]; then
-        echo "The first time this downloads about 3 GB and fills about 6 GB: torch brings its CUDA libraries (about"
-        echo "4 GB installed), used with an NVIDIA GPU; a CPU-only machine can skip them (docs/development.md)."
+        echo "The first time this takes a while: .venv fills about 6.4 GB, 4.1 GB of it the CUDA libraries torch"
+        echo "brings on Linux (used with an NVIDIA GPU; a CPU-only machine can skip them: docs/development.md)."
     fi
     .venv/bin/python -m pip install --upgrade pip
     .venv/bin/python -m pip install -r "$req" -c requirements.lock
