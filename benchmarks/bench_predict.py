@@ -43,7 +43,8 @@ from src.helpers import atomic_write_json, seed_everything
 from src.images import is_candidate_image
 from src.export import predictor_from_checkpoint
 from src.predictor import Predictor, export_torchscript, load_exported, load_image_tensor
-from src.tagging import DEFAULT_BATCH_SIZE, list_photos, tag_folder
+from src.pipeline import DEFAULT_BATCH_SIZE
+from src.tagging import list_photos, tag_folder
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "landmarks13"
 

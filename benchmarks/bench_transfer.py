@@ -43,7 +43,7 @@ from src.helpers import seed_everything
 from src.optimization import get_loss, get_optimizer, get_scheduler
 from src.export import predictor_from_checkpoints
 from src.predictor import export_torchscript, load_exported
-from src.tagging import evaluate_exported
+from src.evaluation import evaluate_exported
 from src.train import add_train_arguments, one_epoch_test, optimize, run_training
 from src.transfer import CourseTransferModel
 

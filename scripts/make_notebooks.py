@@ -185,7 +185,8 @@ The app must not depend on this code: it loads one TorchScript file that takes t
 writes it to a temporary file, reloads it and compares it with the model in memory on images of several sizes;
 only if they agree does the file replace `checkpoints/original_exported.pt`."""),
     ("code", """\
-from src.predictor import export_torchscript, predictor_from_checkpoint
+from src.export import predictor_from_checkpoint
+from src.predictor import export_torchscript
 
 predictor = predictor_from_checkpoint(OUT / "best.pt")
 report = export_torchscript(predictor, EXPORT_PATH)
@@ -208,14 +209,14 @@ print(f"{EXPORT_PATH.name}: {len(exported.class_names)} classes, {exported.img_s
 confusion matrix is a true landmark and shows where its photos went: the diagonal holds the right answers, and
 dark cells off it are landmarks the network confuses."""),
     ("code", """\
-from src.predictor import plot_confusion_matrix, predictor_test
+from src.evaluation import plot_confusion_matrix, predictor_test
 
 truth, preds = predictor_test(loaders["test"], exported)
 plot_confusion_matrix(truth, preds, exported.class_names);"""),
     ("md", """\
 Accuracy per landmark, worst first: where more photos, or a better model, would help most."""),
     ("code", """\
-from src.predictor import plot_per_class_accuracy
+from src.evaluation import plot_per_class_accuracy
 
 plot_per_class_accuracy(truth, preds, exported.class_names);"""),
     ("md", """\
@@ -374,7 +375,8 @@ As for the network trained from scratch: the predictor (resizing, cropping, norm
 scripted, saved, reloaded and compared with the model in memory before it replaces
 `checkpoints/transfer_exported.pt`. Then the file, as the app loads it, runs on every test photo."""),
     ("code", """\
-from src.predictor import export_torchscript, predictor_from_checkpoint
+from src.export import predictor_from_checkpoint
+from src.predictor import export_torchscript
 
 predictor = predictor_from_checkpoint(CHECKPOINTS_DIR / chosen / "best.pt")
 report = export_torchscript(predictor, EXPORT_PATH)
@@ -382,7 +384,8 @@ print(f"exported {EXPORT_PATH}: reloaded and compared with the eager model on {r
       f"max |difference| {report['max_abs_diff']:.1e}")"""),
     ("code", """\
 from src.data import load_landmark_data
-from src.predictor import load_exported, plot_confusion_matrix, predictor_test
+from src.evaluation import plot_confusion_matrix, predictor_test
+from src.predictor import load_exported
 
 exported = load_exported(EXPORT_PATH)
 truth, preds = predictor_test(load_landmark_data(DATA_DIR).test, exported)

@@ -119,8 +119,10 @@ class LandmarkIndex:
             if len(self) <= EXACT_LIMIT:
                 index = faiss.IndexFlatIP(dim)
             else:  # inverted lists with product-quantised codes: ~64 bytes a reference instead of 4 per dimension
-                nlist = int(min(4096, max(64, 4 * math.sqrt(len(self)))))
-                m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+                # ~4 sqrt(N) lists (FAISS's guidance), at least 39 training points each; PQ codes of one byte per
+                # 16 dimensions (1280 -> 80 bytes a reference)
+                nlist = int(max(1, min(4096, 4 * math.sqrt(len(self)), len(self) // 39)))
+                m = next(m for m in range(max(1, dim // 16), 0, -1) if dim % m == 0)
                 index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
                 rng = np.random.default_rng(0)
                 sample = self.embeddings[rng.choice(len(self), size=min(len(self), 64 * nlist), replace=False)]
@@ -158,7 +160,7 @@ class LandmarkIndex:
             return scores
         k = min(len(self), neighbours + (1 if exclude is not None else 0))
         sims, ids = self.search(queries, k)
-        wanted = np.minimum(self.counts(), per_class)
+        counts = self.counts()
         for q in range(len(queries)):
             keep = ids[q] >= 0
             if exclude is not None and exclude[q] is not None and exclude[q] >= 0:
@@ -173,9 +175,10 @@ class LandmarkIndex:
                 bucket = taken.setdefault(c, [])
                 if len(bucket) < per_class:
                     bucket.append(float(sim))
+            own = int(self.labels[exclude[q]]) if exclude is not None and exclude[q] is not None \
+                and exclude[q] >= 0 else -1
             for c, vals in taken.items():
-                need = max(1, int(wanted[c]) - (1 if exclude is not None and exclude[q] is not None
-                                                and exclude[q] >= 0 and int(self.labels[exclude[q]]) == c else 0))
+                need = max(1, min(per_class, int(counts[c]) - (c == own)))
                 vals = vals[:need] + [floor] * max(0, need - len(vals))
                 scores[q, c] = float(np.mean(vals))
         return scores

@@ -19,17 +19,19 @@ def format_record(record: dict) -> str:
     if record["status"] == "error":
         return f"error: {record['error']}"
     lines = [record["path"]]
+    for i, entry in enumerate(record["top_k"], 1):
+        parts = [entry["name"]]
+        if entry["lat"] is not None:
+            parts += [entry["city"] or "", format_latlon(entry["lat"], entry["lon"])]
+        lines.append(f"  {i}. {', '.join(p for p in parts if p)}, {entry['prob']:.2f}")
     if record["status"] == "ok":
         place = ", ".join(str(v) for v in (record["city"], record["country"]) if v)
         where = f" ({place})" if place else ""
-        lines.append(f"  {record['landmark']}{where}: confidence {record['prob']:.2f} "
+        lines.append(f"  => {record['landmark']}{where}: confidence {record['prob']:.2f} "
                      f"(threshold {record['threshold']:.2f})")
     else:
-        lines.append(f"  {NO_LANDMARK}: the best guess has confidence {record['prob']:.2f}, below the threshold "
+        lines.append(f"  => {NO_LANDMARK}: the best guess has confidence {record['prob']:.2f}, below the threshold "
                      f"{record['threshold']:.2f}")
-    for i, entry in enumerate(record["top_k"], 1):
-        where = f", {format_latlon(entry['lat'], entry['lon'])}" if entry["lat"] is not None else ""
-        lines.append(f"  {i}. {entry['name']}{where}, {entry['prob']:.2f}")
     if record["gps_source"] == "exif":
         lines.append(f"  photo's own location (EXIF GPS): {format_latlon(record['lat'], record['lon'])}")
     return "\n".join(lines)

@@ -259,8 +259,8 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     summary = TagSummary(total=len(photos), skipped=len(photos) - len(todo))
     summary.redecided = sum(1 for p in todo if relative[p] in previous and previous[relative[p]]["status"] != "error")
     if summary.skipped:
-        tqdm.write(f"{summary.skipped} of {len(photos)} photos already decided the same way in {out}; "
-                   f"deciding the other {len(todo)}")
+        tqdm.write(f"{summary.skipped} of {len(photos)} photos already tagged in {out} (by the same model, index "
+                   f"and threshold); tagging the other {len(todo)}")
     targets = _metadata_targets(sidecar, into_photo)
 
     def apply_metadata(photo: Path, row: dict, earlier: str) -> None:
@@ -334,8 +334,9 @@ def tag_main(args: argparse.Namespace) -> int:
                          into_photo=args.write_into_photo, backend=args.backend)
     new = summary.tagged + summary.errors
     rate = f", {new / summary.seconds:.1f} photos/s" if new and summary.seconds > 0 else ""
-    parts = [f"{summary.total} photos: {summary.tagged - summary.no_landmark} with a landmark, {summary.no_landmark} "
-             f"no known landmark, {summary.skipped} already done, {summary.errors} failed{rate} -> {args.out}"]
+    parts = [f"{summary.total} photos: {summary.tagged} tagged ({summary.tagged - summary.no_landmark} with a "
+             f"landmark, {summary.no_landmark} no known landmark), {summary.skipped} already done, {summary.errors} "
+             f"failed{rate} -> {args.out}"]
     if summary.metadata or summary.metadata_errors:
         words = ", ".join(f"{n} {word}" for word, n in sorted(summary.metadata.items()))
         parts.append(f"metadata: {words}" + (f", {summary.metadata_errors} failed" if summary.metadata_errors else ""))

@@ -73,6 +73,8 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     if "LANDMARK_CACHE" not in os.environ:
         monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path_factory.getbasetemp() / "landmark_cache"))
     monkeypatch.setenv("LANDMARK_DEVICE", os.environ.get("LANDMARK_DEVICE", "cpu"))
+    # Exports calibrate "no known landmark" only on photos a test gives them, never on ../shared by surprise.
+    monkeypatch.setenv("LANDMARK_NEGATIVES", "none")
     # Downloads and extracted zips go to a tmp folder, never the project's data/, and the "course URL" is a local
     # port nobody listens on: a test that forgets to give data fails at once instead of fetching 1 GB.
     monkeypatch.setenv("LANDMARK_DATA_HOME", str(tmp_path_factory.getbasetemp() / "landmark_data_home"))

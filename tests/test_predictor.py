@@ -13,10 +13,11 @@ from torch import nn
 from src.__main__ import main as cli
 from src.data import get_transforms
 from src.helpers import quiet_torchscript
-from src.predictor import (ExportedModelError, ExportError, Predictor, check_inputs, confusion_matrix,
-                           default_export_path, export_onnx, export_torchscript, load_exported, load_image_tensor,
-                           per_class_accuracy, plot_confusion_matrix, plot_per_class_accuracy, predict_landmarks,
-                           predictor_test, suggest_locations, suggestion_question)
+from src.evaluation import (confusion_matrix, per_class_accuracy, plot_confusion_matrix, plot_per_class_accuracy,
+                            predictor_test)
+from src.predictor import (ExportedModelError, ExportError, Predictor, check_inputs, default_export_path, export_onnx,
+                           export_torchscript, load_exported, load_image_tensor, predict_landmarks, suggest_locations,
+                           suggestion_question)
 
 MEAN, STD = [0.48, 0.45, 0.41], [0.23, 0.22, 0.24]
 CLASSES = ["09.Golden_Gate_Bridge", "16.Eiffel_Tower", "07.My_Back_Garden"]

@@ -25,7 +25,9 @@ from src.__main__ import main as cli
 from src.landmarks import parse_xmp_gps_coordinate
 from src.predictor import Predictor, export_torchscript, load_exported, load_image_tensor
 from src.metadata import read_exif_gps, sidecar_path
-from src.tagging import CSV_COLUMNS, TagFileError, iter_predictions, journal_path, tag_folder
+from src.pipeline import iter_predictions
+from src.recognizer import Recognizer
+from src.tagging import CSV_COLUMNS, TagFileError, journal_path, tag_folder
 
 CLASSES = ["09.Golden_Gate_Bridge", "16.Eiffel_Tower", "07.My_Back_Garden"]
 MEAN, STD = [0.48, 0.45, 0.41], [0.23, 0.22, 0.24]
@@ -211,7 +213,7 @@ def test_predict_min_prob_says_no_known_landmark(tmp_path, models, capsys):
     photo().save(tmp_path / "a.jpg")
     assert cli(["predict", "--model", str(models["varied"]), "--json", "--min-prob", "0.99", str(tmp_path / "a.jpg")]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["status"] == "low_confidence" and record["landmark"] == "no known landmark"
+    assert record["status"] == "no_known_landmark" and record["landmark"] == "no known landmark"
     assert record["lat"] is None and record["top_k"]  # the guesses are still listed
 
 
@@ -296,7 +298,8 @@ def test_tag_resumes_from_the_journal_of_a_killed_run(tmp_path, models):
     out = tmp_path / "tags.csv"
     journal = journal_path(out)
     header = ",".join(CSV_COLUMNS)
-    done = "plain.jpg,ok,From The Journal,09.Golden_Gate_Bridge,0.9900,,,,,,,,"
+    decided_by = Recognizer.load(models["golden_gate"]).decided_by()  # what this run decides with
+    done = f"plain.jpg,ok,From The Journal,09.Golden_Gate_Bridge,0.9900,,,,,,,,,0.9000,classifier,{decided_by},"
     torn = "gray.png,ok,Golden Gate Br"  # the line being written when the process died
     journal.write_text(f"{header}\n{done}\n{torn}")
     tag_folder(zoo, models["golden_gate"], out, progress=False)
@@ -314,7 +317,7 @@ def test_tag_killed_midway_then_rerun_completes_without_duplicates(tmp_path, mod
         photo((96, 72), seed=i).save(folder / f"p{i:03d}.jpg")
     out = tmp_path / "tags.csv"
     cmd = [sys.executable, "-m", "src", "tag", str(folder), "--model", str(models["varied"]), "--out", str(out),
-           "--batch-size", "4", "--workers", "1"]
+           "--batch-size", "4", "--workers", "1", "--min-prob", "0"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = journal_path(out)
@@ -344,7 +347,7 @@ def test_tag_min_prob_marks_no_known_landmark(tmp_path, models):
     assert summary.low_confidence == len(GOOD)
     for name in GOOD:
         row = rows[name]
-        assert row["status"] == "low_confidence" and row["landmark"] == "no known landmark" and row["class"] == ""
+        assert row["status"] == "no_known_landmark" and row["landmark"] == "no known landmark" and row["class"] == ""
         assert row["top_k"] != ""  # the guesses are kept for inspection
         if name == "gps.jpg":
             assert row["gps_source"] == "exif"  # its own location is still a fact
@@ -459,7 +462,7 @@ def test_evaluate_scores_an_exported_file_by_class_name(tmp_path, models, capsys
 
 
 def test_evaluate_matches_the_predictions_of_tag(tmp_path, models):
-    from src.tagging import evaluate_exported
+    from src.evaluation import evaluate_exported
 
     data = _labelled_folder(tmp_path / "data")
     model = load_exported(models["varied"])

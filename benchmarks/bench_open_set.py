@@ -1,0 +1,181 @@
+"""Open-set recognition on a mixed library: known landmarks, everyday photos, and landmarks the model was not
+taught. Compares, in one run, today's classifier (``--min-prob 0`` and the app's old 0.3), the classifier
+calibrated the same way as the retrieval path, and retrieval in the landmark index at its calibrated default;
+then enrols the new landmarks without training and measures again.
+
+    python benchmarks/bench_open_set.py --model checkpoints/transfer_exported.pt
+
+The model must have been exported with its index (``python -m src export`` does it; ``python -m src calibrate``
+for an older file). Only the MEASURING half of the everyday photos is used here; the calibration half made the
+threshold. Writes ``benchmarks/results/bench_open_set.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import format_table, save_results
+
+from src.calibrate import build_index
+from src.data import scan_split
+from src.enroll import enroll_folder, read_locations
+from src.index import index_path_for
+from src.openset import open_set_summary, split_negatives
+from src.pipeline import decode_for_batch, iter_predictions
+from src.recognizer import Recognizer
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+class WithoutEmbedding:
+    """The same backend, seen as a plain classifier (what a model without embeddings gets)."""
+
+    def __init__(self, backend):
+        self.inner = backend
+        self.class_names, self.resize_size, self.img_size = backend.class_names, backend.resize_size, backend.img_size
+        self.arch, self.has_embedding, self.path = backend.arch, False, None
+
+    def __call__(self, batch):
+        return self.inner(batch)[0], None
+
+
+def run_outputs(backend, paths):
+    """Model outputs of every photo, once: ``[(probs [1, C], embedding [1, D] or None)]`` (None if unreadable)."""
+    outputs = []
+    for result in iter_predictions(backend, paths, desc="Photos"):
+        if result.probs is None:
+            outputs.append(None)
+            continue
+        emb = None if result.embedding is None else result.embedding.unsqueeze(0)
+        outputs.append((result.probs.unsqueeze(0), emb))
+    return outputs
+
+
+def decide_all(recognizer, outputs, truth, min_prob=None):
+    """Open-set summary of ``recognizer`` on precomputed outputs; ``truth``: class key or None."""
+    predicted, confidences, kept = [], [], []
+    for out, t in zip(outputs, truth):
+        if out is None:
+            continue
+        record = recognizer.decide(out[0], out[1], [""], 1, min_prob)[0]
+        predicted.append(record["top_k"][0]["class"])
+        confidences.append(record["prob"])
+        kept.append(t)
+    threshold = recognizer.min_prob if min_prob is None else float(min_prob)
+    return open_set_summary(predicted, confidences, kept, threshold), predicted, confidences, kept
+
+
+def wrong_location_share(summary: dict, landmark_share: float = 0.1) -> float:
+    """Of the locations written in a library where ``landmark_share`` of the photos show a known landmark, the
+    share that is wrong (wrong landmark, or a photo without one)."""
+    right = summary["known_tagged_right"] * landmark_share
+    wrong = summary["known_tagged_wrong"] * landmark_share + summary["unknown_given_landmark"] * (1 - landmark_share)
+    return wrong / (right + wrong) if right + wrong else 0.0
+
+
+def row(name: str, summary: dict, extra: dict | None = None) -> dict:
+    return {"method": name, "threshold": f"{summary['threshold']:.3f}", "top1": f"{summary['top1_known']:.1%}",
+            "right": f"{summary['known_tagged_right']:.1%}", "wrong": f"{summary['known_tagged_wrong']:.1%}",
+            "unknown_given": f"{summary['unknown_given_landmark']:.1%}", "gap": f"{summary['gap']:.3f}",
+            "auroc": f"{summary['auroc_known_vs_unknown']:.3f}",
+            "wrong_of_written_1in10": f"{wrong_location_share(summary):.0%}", **(extra or {}), "raw": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="checkpoints/transfer_exported.pt")
+    parser.add_argument("--data-dir", default=str(SHARED / "landmarks13"))
+    parser.add_argument("--negatives", default=str(SHARED / "everyday"))
+    parser.add_argument("--new", default=str(SHARED / "new_landmarks"))
+    parser.add_argument("--locations", default=str(Path(__file__).parent / "data" / "new_landmarks_locations.json"))
+    parser.add_argument("--name", default="bench_open_set")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    recognizer = Recognizer.load(args.model)
+    if recognizer.method != "retrieval" or not recognizer.calibrated:
+        raise SystemExit(f"{args.model}: needs a calibrated landmark index (python -m src calibrate)")
+    backend = recognizer.backend
+    known = [(p, p.parent.name) for p, _ in scan_split(Path(args.data_dir) / "test")]
+    everyday = [(p, None) for p in split_negatives(args.negatives)["measure"]]
+    new_all = [(p, None) for split in ("train", "test") for p, _ in scan_split(Path(args.new) / split)]
+    library = known + everyday + new_all
+    outputs = run_outputs(backend, [p for p, _ in library])
+    truth = [t for _, t in library]
+    n_known, n_everyday = len(known), len(everyday)
+
+    # The classifier seen plainly (today's default and the app's old 0.3) and calibrated like the index.
+    plain = Recognizer(WithoutEmbedding(backend))
+    classifier_index = build_index(WithoutEmbedding(backend), args.data_dir, args.negatives,
+                                   valid_size=0.2, seed=42, max_false_rate=recognizer.calibration["max_false_rate"])
+    calibrated_classifier = Recognizer(WithoutEmbedding(backend), classifier_index)
+    rows = []
+    for name, rec, min_prob in (("classifier, --min-prob 0 (before)", plain, 0.0),
+                                ("classifier, 0.3 (the app before)", plain, 0.3),
+                                ("classifier, calibrated threshold", calibrated_classifier, None),
+                                ("retrieval, calibrated threshold (default)", recognizer, None)):
+        summary, predicted, conf, kept = decide_all(rec, outputs, truth, min_prob)
+        given = np.array(conf) >= summary["threshold"]
+        everyday_given = float(given[n_known:n_known + n_everyday].mean())
+        new_given = float(given[n_known + n_everyday:].mean())
+        rows.append(row(name, summary, {"everyday_given": f"{everyday_given:.1%}",
+                                        "new_given": f"{new_given:.1%}"}))
+
+    # Enrolment of the new landmarks, no training, into a copy of the model's index.
+    with tempfile.TemporaryDirectory() as tmp:
+        model_copy = Path(tmp) / Path(args.model).name
+        shutil.copy(args.model, model_copy)
+        shutil.copy(index_path_for(args.model), index_path_for(model_copy))
+        enrolled = Recognizer.load(model_copy)
+        train_paths = [p for p, _ in scan_split(Path(args.new) / "train")]
+        images = [decode_for_batch(p, backend.resize_size, backend.img_size) for p in train_paths]
+        started = time.perf_counter()
+        for i in range(0, len(images), 8):
+            backend(torch.stack(images[i:i + 8]))
+        forward_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        added = enroll_folder(enrolled, args.new, "train", read_locations(args.locations), progress=False)
+        enroll_seconds = time.perf_counter() - started
+        enrolled = Recognizer.load(model_copy)  # as a user's next command would see it
+        new_test = [(p, p.parent.name) for p, _ in scan_split(Path(args.new) / "test")]
+        new_outputs = run_outputs(backend, [p for p, _ in new_test])
+        after_library = known + everyday + new_test
+        after_outputs = outputs[:n_known + n_everyday] + new_outputs
+        summary, _, conf, _ = decide_all(enrolled, after_outputs, [t for _, t in after_library])
+        given = np.array(conf) >= summary["threshold"]
+        new_known = open_set_summary(*[list(x) for x in decide_all(enrolled, new_outputs,
+                                                                   [t for _, t in new_test])[1:]],
+                                     summary["threshold"])
+        rows.append(row("retrieval after enrolling 5 new landmarks", summary,
+                        {"everyday_given": f"{float(given[n_known:n_known + n_everyday].mean()):.1%}",
+                         "new_given": f"top-1 {new_known['top1_known']:.1%}, right {new_known['known_tagged_right']:.1%}"}))
+        known_after, _, _, _ = decide_all(enrolled, outputs[:n_known], truth[:n_known])
+    enrolment = {"landmarks": len(added), "photos": len(train_paths), "enroll_seconds": enroll_seconds,
+                 "forward_only_seconds": forward_seconds,
+                 "enroll_vs_forward": enroll_seconds / forward_seconds if forward_seconds else None,
+                 "new_test_top1": new_known["top1_known"], "new_test_tagged_right": new_known["known_tagged_right"],
+                 "landmarks13_top1_before": rows[3]["raw"]["top1_known"], "landmarks13_top1_after": known_after["top1_known"]}
+    columns = [("method", "method"), ("threshold", "threshold"), ("top1", "top-1 known"),
+               ("right", "known tagged right"), ("wrong", "known tagged wrong"),
+               ("unknown_given", "no-landmark photos given one"), ("everyday_given", "everyday given one"),
+               ("new_given", "new landmarks given one"), ("gap", "GAP"), ("auroc", "AUROC"),
+               ("wrong_of_written_1in10", "wrong of written locations (1 in 10 a landmark)")]
+    table = format_table(rows, columns)
+    table += (f"\n\nEnrolment: {len(added)} landmarks, {len(train_paths)} photos in {enroll_seconds:.1f} s "
+              f"({enroll_seconds / len(train_paths) * 1000:.0f} ms a photo; the forward pass alone "
+              f"{forward_seconds / len(train_paths) * 1000:.0f} ms, ratio {enrolment['enroll_vs_forward']:.2f}); "
+              f"new_landmarks/test top-1 {new_known['top1_known']:.1%}; landmarks13 test top-1 "
+              f"{enrolment['landmarks13_top1_before']:.1%} -> {enrolment['landmarks13_top1_after']:.1%}")
+    save_results(args.name, "bench_open_set.py", argv, rows, table, enrolment=enrolment,
+                 library={"known": n_known, "everyday_measure_half": n_everyday, "new_landmarks": len(new_all)},
+                 calibration=recognizer.calibration)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,360 @@
+"""Open-set recognition: the landmark index (FAISS), calibration of "no known landmark", enrolment without
+training, and one decision from predict, tag and the app. Tiny real models on generated photos."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import CLASS_COLOURS, make_dataset, make_photo
+from src.__main__ import main as cli
+from src import index as index_module
+from src.calibrate import calibrate_model
+from src.index import LandmarkIndex, LandmarkIndexError, index_path_for
+from src.openset import (auroc, choose_threshold, confidence, fit_confidence, global_average_precision,
+                         open_set_summary, split_negatives)
+from src.predictor import Predictor, export_torchscript, make_predictor
+from src.recognizer import Recognizer
+from src.transfer import TransferModel
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+# ---- metrics and thresholds ------------------------------------------------------------------------------------
+
+def test_choose_threshold_lets_at_most_the_target_share_through():
+    scores = np.linspace(0, 1, 200)
+    for rate in (0.0, 0.02, 0.1, 0.5):
+        t = choose_threshold(scores, rate)
+        assert np.mean(scores >= t) <= rate + 1e-12
+        assert np.mean(scores >= np.nextafter(t, -np.inf) - 1e-3) > rate - 0.01  # and no stricter than needed
+    ties = [0.5] * 10 + [0.1] * 90
+    assert np.mean(np.array(ties) >= choose_threshold(ties, 0.05)) == 0.0  # ties never let one more through
+
+
+def test_auroc_and_gap_on_hand_computed_cases():
+    assert auroc([3, 4], [1, 2]) == 1.0 and auroc([1, 2], [3, 4]) == 0.0 and auroc([1], [1]) == 0.5
+    assert auroc([2, 4], [1, 3]) == pytest.approx(0.75)
+    # ranked: right (P=1), wrong, right (P=2/3); 3 photos with a known landmark -> (1 + 2/3) / 3
+    gap = global_average_precision(["a", "b", "c", None], [0.9, 0.8, 0.7, 0.1], ["a", None, "c", "d"])
+    assert gap == pytest.approx((1 + 2 / 3) / 3)
+    summary = open_set_summary(["a", "b", "c", "x"], [0.9, 0.8, 0.2, 0.95], ["a", "c", "c", None], 0.5)
+    assert summary["known_tagged_right"] == pytest.approx(1 / 3)
+    assert summary["known_tagged_wrong"] == pytest.approx(1 / 3)
+    assert summary["known_no_landmark"] == pytest.approx(1 / 3)
+    assert summary["unknown_given_landmark"] == 1.0 and summary["top1_known"] == pytest.approx(2 / 3)
+
+
+def test_confidence_is_calibrated_on_separable_and_noisy_scores():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 4000)
+    y = rng.uniform(0, 1, 4000) < x  # P(right | score) = score
+    model = fit_confidence(x.reshape(-1, 1), y)
+    for lo in (0.1, 0.5, 0.8):
+        sel = (x > lo) & (x < lo + 0.1)
+        predicted = confidence(x[sel].reshape(-1, 1), model).mean()
+        assert abs(predicted - y[sel].mean()) < 0.06
+
+
+def test_negatives_split_into_two_fixed_disjoint_halves_of_each_kind(tmp_path):
+    for kind in ("animals", "food", "rooms"):
+        (tmp_path / kind).mkdir()
+        for i in range(7):
+            make_photo(tmp_path / kind / f"{kind}{i}.jpg", 0, i)
+    halves = split_negatives(tmp_path)
+    cal, mea = halves["calibrate"], halves["measure"]
+    assert not set(cal) & set(mea) and len(cal) + len(mea) == 21
+    for kind in ("animals", "food", "rooms"):
+        assert sum(p.parent.name == kind for p in cal) == 4 and sum(p.parent.name == kind for p in mea) == 3
+    again = split_negatives(tmp_path)
+    assert again == halves  # same on every run
+
+
+# ---- the index ---------------------------------------------------------------------------------------------------
+
+def unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_index(embeddings, labels, n_classes):
+    classes = [{"class": f"{i:02d}.Place_{i}", "name": f"Place {i}", "city": None, "country": None, "lat": None,
+                "lon": None, "source": "trained"} for i in range(n_classes)]
+    return LandmarkIndex(embeddings, labels, classes, [f"r{i}" for i in range(len(labels))],
+                         {"dim": embeddings.shape[1], "class_names": [c["class"] for c in classes], "probe": []})
+
+
+def test_faiss_search_equals_brute_force():
+    rng = np.random.default_rng(1)
+    refs, queries = unit(rng, 500, 16), unit(rng, 30, 16)
+    index = make_index(refs, rng.integers(0, 5, 500), 5)
+    sims, ids = index.search(queries, 10)
+    brute = queries @ refs.T
+    expected = np.argsort(-brute, axis=1)[:, :10]
+    assert np.array_equal(ids, expected)
+    assert np.allclose(sims, np.take_along_axis(brute, expected, axis=1), atol=1e-5)
+
+
+def test_class_scores_are_the_mean_of_each_class_nearest_references():
+    rng = np.random.default_rng(2)
+    refs, queries = unit(rng, 60, 8), unit(rng, 12, 8)
+    labels = rng.integers(0, 4, 60)
+    index = make_index(refs, labels, 4)
+    scores = index.class_scores(queries, neighbours=60)
+    brute = queries @ refs.T
+    for q in range(12):
+        for c in range(4):
+            top = np.sort(brute[q, labels == c])[::-1][:3]
+            assert scores[q, c] == pytest.approx(top.mean(), abs=1e-5)
+    # leaving a query's own reference out (calibrating on photos that are references too)
+    own = index.class_scores(refs[:5], exclude=list(range(5)), neighbours=60)
+    for q in range(5):
+        others = np.delete(refs @ refs[q], q)
+        other_labels = np.delete(labels, q)
+        c = labels[q]
+        assert own[q, c] == pytest.approx(np.sort(others[other_labels == c])[::-1][:3].mean(), abs=1e-5)
+
+
+def test_large_index_is_approximate_and_still_finds_the_nearest(monkeypatch):
+    monkeypatch.setattr(index_module, "EXACT_LIMIT", 1000)
+    rng = np.random.default_rng(3)
+    centres = unit(rng, 50, 32)
+    labels = rng.integers(0, 50, 6000)
+    refs = centres[labels] + 0.15 * rng.normal(size=(6000, 32)).astype(np.float32)
+    refs /= np.linalg.norm(refs, axis=1, keepdims=True)
+    index = make_index(refs, labels, 50)
+    assert "IVF" in type(index._index()).__name__
+    queries = refs[:200] + 0.05 * rng.normal(size=(200, 32)).astype(np.float32)
+    scores = index.class_scores(queries)
+    assert np.mean(scores.argmax(axis=1) == labels[:200]) >= 0.9
+
+
+def test_index_round_trip_and_damaged_file_is_one_line(tmp_path):
+    rng = np.random.default_rng(4)
+    index = make_index(unit(rng, 20, 8), rng.integers(0, 3, 20), 3)
+    index.calibration = {"threshold": 0.4}
+    path = index.save(tmp_path / "m.index.npz")
+    back = LandmarkIndex.load(path)
+    assert np.array_equal(back.embeddings, index.embeddings) and back.classes == index.classes
+    assert back.calibration == {"threshold": 0.4}
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(LandmarkIndexError) as err:
+        LandmarkIndex.load(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+# ---- tiny transfer models: calibration, enrolment, one decision ---------------------------------------------------
+
+class Colours(nn.Module):
+    """A fixed 'backbone': the mean colour and spread of the image, which tells the generated classes apart."""
+
+    def forward(self, x):
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3)), torch.ones(x.shape[0], 1)], dim=1)
+
+
+def tiny_transfer(n_classes: int, seed: int = 0) -> TransferModel:
+    torch.manual_seed(seed)
+    return TransferModel(Colours(), 7, n_classes, MEAN, STD, "tinycolours").eval()
+
+
+def export_tiny(path: Path, classes, seed=0) -> Path:
+    predictor = make_predictor(tiny_transfer(len(classes), seed), classes, MEAN, STD, img_size=32, arch="tinycolours")
+    export_torchscript(predictor, path)
+    return path
+
+
+def negatives_folder(root: Path, n: int = 20) -> Path:
+    """Photos that are none of the landmarks: grey and dark noise."""
+    rng = np.random.default_rng(9)
+    for kind in ("grey", "dark"):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(n // 2):
+            level = 128 if kind == "grey" else 30
+            img = np.clip(level + rng.normal(0, 20, (48, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / kind / f"{kind}{i}.png")
+    return root
+
+
+@pytest.fixture
+def calibrated(tmp_path, tiny_dataset):
+    classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
+    model = export_tiny(tmp_path / "model.pt", classes)
+    negatives = negatives_folder(tmp_path / "everyday")
+    calibrate_model(model, tiny_dataset, negatives, progress=False)
+    return {"model": model, "data": tiny_dataset, "negatives": negatives, "classes": classes}
+
+
+def test_export_builds_a_calibrated_index_with_a_threshold_above_every_calibration_negative(calibrated):
+    recognizer = Recognizer.load(calibrated["model"])
+    assert recognizer.method == "retrieval" and recognizer.calibrated
+    cal = recognizer.calibration
+    assert cal["known_source"] == "validation photos" and cal["negatives"] == 10
+    assert len(recognizer.index) == 30  # every training photo is a reference
+    assert cal["measured_on_calibration"]["negatives_given_landmark"] <= 0.02
+    # photos of the landmarks are recognised; the negatives' measuring half gets no landmark
+    test = sorted(p for p in (calibrated["data"] / "test").rglob("*") if p.is_file())
+    assert [r["class"] for r in records(recognizer, test)] == [p.parent.name for p in test]
+    measure = split_negatives(calibrated["negatives"])["measure"]
+    assert all(r["status"] == "no_known_landmark" and r["lat"] is None for r in records(recognizer, measure))
+
+
+def records(recognizer, paths):
+    from src.pipeline import decode_for_batch
+
+    batch = torch.stack([decode_for_batch(p, recognizer.resize_size, recognizer.img_size) for p in paths])
+    return recognizer.records(batch, [str(p) for p in paths], k=3)
+
+
+def test_index_of_another_model_is_refused_in_one_line(calibrated, tmp_path):
+    other = export_tiny(tmp_path / "other.pt", calibrated["classes"], seed=1)
+    with open(index_path_for(calibrated["model"]), "rb") as src, open(index_path_for(other), "wb") as dst:
+        dst.write(src.read())
+    # same classes and size, other weights: the probe embeddings give it away
+    other_model = make_predictor(tiny_transfer(3, 1), calibrated["classes"], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1],
+                                 img_size=32, arch="tinycolours")
+    export_torchscript(other_model, other)
+    with pytest.raises(LandmarkIndexError) as err:
+        Recognizer.load(other)
+    assert "another model" in str(err.value) and "\n" not in str(err.value)
+    assert cli(["predict", "--model", str(other), str(next((calibrated["data"] / "test").rglob("*.jpg")))]) == 1
+
+
+def test_enroll_list_remove_round_trip(calibrated, tmp_path, capsys):
+    new = tmp_path / "new"
+    for split, n in (("train", 6), ("test", 3)):
+        folder = new / split / "00.Landmark_D"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            make_photo(folder / f"d{i}.jpg", 3, i + (0 if split == "train" else 100))
+    places = tmp_path / "places.json"
+    places.write_text(json.dumps({"Landmark_D": {"name": "Landmark D", "city": "Dee", "country": "Deeland",
+                                                 "lat": 10.5, "lon": -20.25}}))
+    model = str(calibrated["model"])
+    d_photo = str(new / "test" / "00.Landmark_D" / "d0.jpg")
+    assert cli(["predict", "--model", model, "--json", d_photo]) == 0
+    before = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert before["class"] != "00.Landmark_D" and all(e["class"] != "00.Landmark_D" for e in before["top_k"])
+    assert cli(["enroll", "--model", model, "--data-dir", str(new), "--locations", str(places)]) == 0
+    assert "Enrolled 1 landmarks (6 photos)" in capsys.readouterr().out
+    assert cli(["predict", "--model", model, "--json", d_photo]) == 0
+    after = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert after["status"] == "ok" and after["class"] == "00.Landmark_D"
+    assert (after["city"], after["lat"], after["lon"]) == ("Dee", 10.5, -20.25)
+    assert cli(["enroll", "--model", model, "--data-dir", str(new)]) == 1  # already known: one line, no change
+    assert "already known" in capsys.readouterr().err
+    assert cli(["enroll", "--model", model, "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "Landmark D" in listed and "enrolled" in listed and "4 landmarks" in listed
+    assert cli(["enroll", "--model", model, "--remove", "Landmark D"]) == 0
+    assert cli(["predict", "--model", model, "--json", d_photo]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["class"] != "00.Landmark_D"
+    assert cli(["enroll", "--model", model, "--remove", "Nowhere"]) == 1
+
+
+def test_enroll_killed_at_random_moments_leaves_a_loadable_index(calibrated, tmp_path):
+    """SIGKILL while a process enrols and removes in a loop (each a full atomic rewrite): the index on disk always
+    loads, with or without the landmark, never half written."""
+    script = tmp_path / "churn.py"
+    script.write_text(f"""
+import sys, torch
+sys.path.insert(0, {str(PROJECT_ROOT)!r})
+from src.recognizer import Recognizer
+r = Recognizer.load({str(calibrated['model'])!r})
+images = [torch.full((3, r.resize_size, r.resize_size), v, dtype=torch.uint8) for v in (10, 200, 90)]
+print("ready", flush=True)
+while True:
+    r.enroll("Churn", images, location={{"city": "X", "lat": 1.0, "lon": 2.0}})
+    r.remove("Churn")
+""")
+    rng = np.random.default_rng(5)
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 0.6)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        recognizer = Recognizer.load(calibrated["model"])  # loads, checks its model
+        names = [c["class"] for c in recognizer.index.classes]
+        assert names[:3] == calibrated["classes"] and len(recognizer.index) in (30, 33), attempt
+
+
+def test_predict_tag_and_app_give_the_same_decision(calibrated, tmp_path, capsys):
+    from src.app import classify_image_bytes, load_model
+    from src.tagging import tag_folder
+
+    photos = tmp_path / "library"
+    photos.mkdir()
+    for label in range(3):
+        make_photo(photos / f"landmark{label}.jpg", label, 300 + label)
+    for i, path in enumerate(sorted(split_negatives(calibrated["negatives"])["measure"])[:3]):
+        (photos / f"everyday{i}.png").write_bytes(path.read_bytes())
+    model = str(calibrated["model"])
+    names = sorted(p.name for p in photos.iterdir())
+    assert cli(["predict", "--model", model, "--json", *[str(photos / n) for n in names]]) == 0
+    predicted = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    tag_folder(photos, model, tmp_path / "tags.csv", progress=False)
+    with open(tmp_path / "tags.csv", newline="") as fh:
+        tagged = {r["path"]: r for r in csv.DictReader(fh)}
+    app_model = load_model(model)
+    for name in names:
+        app = classify_image_bytes(app_model, name, (photos / name).read_bytes(), k=3)
+        p, t = predicted[name], tagged[name]
+        assert p["status"] == t["status"] == ("ok" if app["known"] else "no_known_landmark"), name
+        assert (p["class"] or "") == t["class"] and f"{p['prob']:.4f}" == t["prob"]
+        assert app["top"][0]["prob"] == pytest.approx(p["prob"], abs=1e-6)
+        assert app["threshold"] == pytest.approx(p["threshold"])
+    assert sum(r["status"] == "ok" for r in predicted.values()) == 3  # the landmarks, not the everyday photos
+
+
+@pytest.mark.skipif(not __import__("shutil").which("exiftool"), reason="exiftool not installed")
+def test_no_known_landmark_gets_no_gps_and_no_sidecar_and_a_new_threshold_updates_both(calibrated, tmp_path, capsys):
+    photos = tmp_path / "library"
+    photos.mkdir()
+    make_photo(photos / "landmark.jpg", 0, 400)
+    src_neg = sorted(split_negatives(calibrated["negatives"])["measure"])[0]
+    (photos / "everyday.png").write_bytes(src_neg.read_bytes())
+    out = tmp_path / "tags.csv"
+    model = str(calibrated["model"])
+    assert cli(["tag", str(photos), "--model", model, "--out", str(out), "--sidecar"]) == 0
+    rows = {r["path"]: r for r in csv.DictReader(open(out, newline=""))}
+    assert rows["everyday.png"]["status"] == "no_known_landmark" and rows["everyday.png"]["lat"] == ""
+    assert not (photos / "everyday.png.xmp").exists() and not (photos / "everyday.xmp").exists()
+    assert rows["landmark.jpg"]["status"] == "ok" and (photos / "landmark.jpg.xmp").exists()
+    capsys.readouterr()
+    # A plain rerun with a stricter threshold re-decides, and the sidecar follows the CSV.
+    assert cli(["tag", str(photos), "--model", model, "--out", str(out), "--min-prob", "1.01"]) == 0
+    printed = capsys.readouterr().out
+    rows = {r["path"]: r for r in csv.DictReader(open(out, newline=""))}
+    assert rows["landmark.jpg"]["status"] == "no_known_landmark" and rows["landmark.jpg"]["lat"] == ""
+    assert "landmark.jpg: Landmark A -> no known landmark" in printed and "1 changed" in printed
+    assert not (photos / "landmark.jpg.xmp").exists()  # it held only our fields: removed with them
+    # and the same command again changes nothing
+    assert cli(["tag", str(photos), "--model", model, "--out", str(out), "--min-prob", "1.01"]) == 0
+    assert "2 of 2 photos already tagged" in capsys.readouterr().out + capsys.readouterr().err
+
+
+def test_a_model_without_embeddings_gets_a_calibrated_threshold_never_zero(tmp_path, tiny_dataset):
+    classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model = tmp_path / "scratch.pt"
+    export_torchscript(Predictor(net, classes, MEAN, STD, img_size=32, arch="scratch"), model)
+    bare = Recognizer.load(model)  # exported before this change: no index
+    assert bare.method == "classifier" and not bare.calibrated and bare.min_prob >= 0.5
+    calibrate_model(model, tiny_dataset, negatives_folder(tmp_path / "neg"), progress=False)
+    recognizer = Recognizer.load(model)
+    assert recognizer.method == "classifier" and recognizer.calibrated and recognizer.min_prob > 0
+    with pytest.raises(LandmarkIndexError, match="gives no embeddings"):
+        recognizer.enroll("X", [torch.zeros(3, recognizer.resize_size, recognizer.resize_size, dtype=torch.uint8)])
