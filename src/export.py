@@ -1,5 +1,5 @@
 """``python -m src export``: a training checkpoint (or several: their ensemble) -> one self-contained TorchScript
-file (and ONNX with ``--onnx``), then its landmark index and calibrated threshold beside it (``src.calibrate``).
+file and the ONNX file beside it (unless ``--no-onnx``), then its landmark index and calibrated threshold beside it (``src.calibrate``).
 
 Export does not need the training engine: checkpoints are read by ``src.checkpoint``.
 """
@@ -29,7 +29,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help=f"exported file (default: checkpoints/{SCRATCH_EXPORT_NAME} for a from-scratch model, "
                              f"checkpoints/{TRANSFER_EXPORT_NAME} otherwise)")
-    parser.add_argument("--onnx", action="store_true", help="also write an ONNX file beside it (same name, .onnx)")
+    onnx = parser.add_mutually_exclusive_group()
+    onnx.add_argument("--onnx", action="store_true", default=None,
+                      help="write the ONNX file beside it (same name, .onnx; the default when onnxruntime is "
+                           "installed: the faster backend on a CPU, see docs/serve.md); fail if it cannot be written")
+    onnx.add_argument("--no-onnx", dest="onnx", action="store_false", help="TorchScript file only")
     parser.add_argument("--data-dir", default=None,
                         help="data set for the landmark index and calibration (default: the one it was trained on)")
     parser.add_argument("--no-index", action="store_true",
@@ -81,14 +85,30 @@ def export_main(args: argparse.Namespace) -> int:
     print(f"Exported {out} ({predictor.arch or 'model'}, {len(predictor.class_names)} classes, "
           f"{predictor.img_size} px): reloaded and checked against the eager model on {report['n_inputs']} inputs, "
           f"max |difference| {report['max_abs_diff']:.1e}")
-    if args.onnx:
-        onnx_path = out.with_suffix(".onnx")
-        report = export_onnx(predictor, onnx_path, metadata={"torchscript_sha256": file_sha256(out)})
-        print(f"Exported {onnx_path}: checked with onnxruntime on {report['n_inputs']} inputs, "
-              f"max |difference| {report['max_abs_diff']:.1e}")
+    if args.onnx is not False:
+        export_onnx_beside(predictor, out, required=bool(args.onnx))
     if not args.no_index:
         build_export_index(out, args)
     return 0
+
+
+def export_onnx_beside(predictor: Predictor, out: Path, required: bool = False) -> Path | None:
+    """The ONNX file beside the TorchScript file ``out``, recording ``out``'s hash (so ``--backend auto`` never
+    takes a stale one). Unless ``required`` (``--onnx``), a missing onnxruntime or a model ONNX cannot express
+    is one line and the TorchScript file alone is used; with ``required`` it is an error."""
+    from .predictor import ExportError  # noqa: PLC0415
+
+    onnx_path = out.with_suffix(".onnx")
+    try:
+        report = export_onnx(predictor, onnx_path, metadata={"torchscript_sha256": file_sha256(out)})
+    except ExportError as exc:
+        if required:
+            raise
+        print(f"note: no ONNX file ({exc}); {out} runs with the torchscript backend")
+        return None
+    print(f"Exported {onnx_path}: checked with onnxruntime on {report['n_inputs']} inputs, "
+          f"max |difference| {report['max_abs_diff']:.1e}")
+    return onnx_path
 
 
 def build_export_index(out: Path, args: argparse.Namespace) -> None:

@@ -160,3 +160,28 @@ def test_onnx_backend_takes_decoded_photos_like_tag_does(tmp_path):
     sample = GOOD[0]
     image = decode_for_batch(sample.make(), ts.resize_size, ts.img_size, name=sample.name)
     assert np.allclose(ox(image[None])[0].numpy(), ts(image[None])[0].numpy(), atol=1e-5)
+
+
+def _scratch_checkpoint(folder) -> str:
+    kwargs = {"dropout": 0.0, "widths": [8, 8, 16, 16], "depths": [1, 1, 1, 1]}
+    model = tiny_scratch()
+    ckpt = {"format": "landmark-tagger/1", "arch": "scratch", "model_kwargs": kwargs, "model": model.state_dict(),
+            "class_names": CLASSES, "mean": MEAN, "std": STD, "img_size": 32, "epoch": 1, "history": [], "args": {},
+            "best_valid_loss": 1.0}
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, folder / "best.pt")
+    return str(folder / "best.pt")
+
+
+def test_export_writes_the_onnx_file_by_default_and_auto_uses_it(tmp_path, capsys):
+    from src.__main__ import main as cli
+
+    ckpt = _scratch_checkpoint(tmp_path / "run")
+    out = tmp_path / "default" / "model.pt"
+    assert cli(["export", "--checkpoint", ckpt, "--out", str(out), "--no-index"]) == 0
+    assert f"Exported {out.with_suffix('.onnx')}" in capsys.readouterr().out
+    assert choose_backend_file(out) == (DEFAULT_BACKEND, out.with_suffix(".onnx") if DEFAULT_BACKEND == "onnx"
+                                        else out)
+    only = tmp_path / "ts_only" / "model.pt"
+    assert cli(["export", "--checkpoint", ckpt, "--out", str(only), "--no-index", "--no-onnx"]) == 0
+    assert not only.with_suffix(".onnx").exists() and choose_backend_file(only) == ("torchscript", only)

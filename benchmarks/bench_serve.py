@@ -1,0 +1,264 @@
+"""The HTTP service under load: requests/s and p50/p95/p99 latency at 1, 8, 32 and 128 concurrent clients, for
+``python -m src serve`` (dynamic batching) and a naive server (one forward pass per request, no batching), in
+one run; then a long run (``--long`` requests, default 10,000) against the service; peak RSS; 503s.
+
+    python benchmarks/bench_serve.py --model runs/serve_bench/transfer_exported.pt
+
+Both servers run as their own processes on 127.0.0.1 with the same model file, backend (``--backend``) and
+recognizer; the load generator is an ``httpx`` async client in this process (on the same 2 cores: its CPU time is
+taken from the servers', for both alike). Each client sends one real photo per request (the landmarks13 test
+photos, in turn) and sends its next request when answered (closed loop). The naive server is FastAPI with a
+plain ``def`` endpoint: each request decodes its photo and runs its own forward pass in Starlette's thread pool.
+
+Model-only throughput (the forward pass alone on decoded photos, batches of the service's ``--max-batch``) is
+the ceiling: the service's requests/s is reported as a fraction of it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import format_table, save_results
+from fastapi import FastAPI, File, UploadFile  # at module level: the endpoint's annotations are resolved here
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "landmarks13"
+
+
+# ---- the naive server (run as: bench_serve.py --naive-server PORT) ----------------------------------------------
+
+def naive_app(model: str, backend: str):
+    from src.pipeline import decode_for_batch
+    from src.recognizer import Recognizer
+
+    rec = Recognizer.load(model, backend=backend)
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.post("/v1/recognize")
+    def recognize(photos: list[UploadFile] = File(...)):
+        out = []
+        for photo in photos:
+            image = decode_for_batch(photo.file.read(), rec.resize_size, rec.img_size, name=photo.filename)
+            record = rec.records(image[None], [photo.filename])[0]
+            out.append({"file": record.pop("path"), **record})
+        return {"results": out}
+
+    return app
+
+
+# ---- load generation -----------------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+async def load(url: str, photos: list[tuple[str, bytes]], clients: int, requests: int, timeout: float) -> dict:
+    import httpx
+
+    latencies, codes, errors = [], {}, []
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async def worker():
+            for i in counter:
+                name, data = photos[i % len(photos)]
+                start = time.perf_counter()
+                try:
+                    response = await client.post(url + "/v1/recognize", files=[("photos", (name, data))])
+                    code = response.status_code
+                    if code == 200 and response.json()["results"][0]["status"] == "error":
+                        errors.append(response.json()["results"][0]["error"])
+                except httpx.TimeoutException:
+                    code = "timeout"
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                    errors.append(f"{code}: {exc}")
+                elapsed = time.perf_counter() - start
+                codes[code] = codes.get(code, 0) + 1
+                if code == 200:
+                    latencies.append(elapsed)
+                elif code == 503:  # a refused client waits as it is told
+                    await asyncio.sleep(float(response.headers.get("Retry-After", 1)))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    ok = codes.get(200, 0)
+    return {"clients": clients, "requests": requests, "ok": ok, "rps": round(ok / wall, 1),
+            **{f"p{q}_ms": round(1000 * percentile(latencies, q)) if latencies else None for q in (50, 95, 99)}, "n503": codes.get(503, 0),
+            "errors": requests - ok - codes.get(503, 0) + len(errors), "codes": {str(k): v for k, v in codes.items()}, "first_errors": errors[:3],
+            "wall_s": round(wall, 1)}
+
+
+class RssSampler:
+    """Peak resident memory of a process (and its children), sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        import psutil
+
+        try:
+            return self.process.memory_info().rss + sum(c.memory_info().rss for c in self.process.children(True))
+        except psutil.Error:
+            return 0
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            value = self.rss()
+            self.samples.append(value)
+            self.peak = max(self.peak, value)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def start_server(cmd: list[str], port: int, env: dict) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def model_only_rate(model: str, backend: str, photos: list[tuple[str, bytes]], batch: int, threads: int) -> float:
+    import torch
+
+    from src.backends import load_backend
+    from src.pipeline import decode_for_batch
+
+    torch.set_num_threads(threads)
+    runner = load_backend(model, backend)
+    images = [decode_for_batch(data, runner.resize_size, runner.img_size, name=name) for name, data in photos[:128]]
+    batches = [torch.stack(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
+    for b in batches[:3]:
+        runner(b)
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for b in batches:
+            runner(b)
+        rates.append(len(batches) * batch / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="runs/serve_bench/transfer_exported.pt")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--clients", default="1,8,32,128")
+    parser.add_argument("--requests", default="200,600,1500,3000", help="requests per level (comma list)")
+    parser.add_argument("--long", type=int, default=10000, help="requests of the long run (0: none)")
+    parser.add_argument("--long-clients", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request, seconds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--naive-server", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="bench_serve")
+    args = parser.parse_args(argv)
+    if args.naive_server is not None:  # child process: the naive server
+        import uvicorn
+
+        uvicorn.run(naive_app(args.model, args.backend), host="127.0.0.1", port=args.naive_server,
+                    log_level="warning", access_log=False)
+        return 0
+    load_before = os.getloadavg()
+    photos = [(p.name, p.read_bytes()) for p in sorted((SHARED / "test").rglob("*")) if p.is_file()]
+    if not photos:
+        print(f"no photos at {SHARED}", file=sys.stderr)
+        return 1
+    clients = [int(c) for c in args.clients.split(",")]
+    counts = [int(c) for c in args.requests.split(",")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+    ceiling = model_only_rate(args.model, args.backend, photos, args.max_batch, args.threads)
+    print(f"model only: {ceiling:.1f} photos/s (batch {args.max_batch}, {args.threads} threads)")
+    servers = {"service": [sys.executable, "-m", "src", "serve", "--model", args.model, "--backend", args.backend,
+                           "--port", str(args.port), "--max-batch", str(args.max_batch)]}
+    if not args.no_naive:
+        servers["naive"] = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--backend",
+                            args.backend, "--naive-server", str(args.port + 1)]
+    rows, memory = [], {}
+    for name, cmd in servers.items():
+        port = args.port if name == "service" else args.port + 1
+        proc = start_server(cmd, port, env)
+        sampler = RssSampler(proc.pid)
+        idle_rss = sampler.rss()
+        try:
+            url = f"http://127.0.0.1:{port}"
+            asyncio.run(load(url, photos, 4, 40, args.timeout))  # warm-up
+            for n, count in zip(clients, counts):
+                result = asyncio.run(load(url, photos, n, count, args.timeout))
+                result.update(server=name, of_ceiling=f"{result['rps'] / ceiling:.2f}")
+                rows.append(result)
+                print(name, result, flush=True)
+            if name == "service" and args.long:
+                result = asyncio.run(load(url, photos, args.long_clients, args.long, args.timeout))
+                result.update(server="service (long run)", of_ceiling=f"{result['rps'] / ceiling:.2f}")
+                rows.append(result)
+                print(result, flush=True)
+        finally:
+            memory[name] = {"idle_mb": round(idle_rss / 2**20), "peak_mb": round(sampler.stop() / 2**20),
+                            "end_mb": round(sampler.rss() / 2**20)}
+            stop_server(proc)
+    for row in rows:
+        key = "service" if row["server"].startswith("service") else "naive"
+        row["peak_rss_mb"] = memory[key]["peak_mb"]
+    by = {(r["server"], r["clients"]): r for r in rows}
+    for n in clients:
+        if ("naive", n) in by and ("service", n) in by and by[("naive", n)]["rps"]:
+            by[("service", n)]["vs_naive"] = f"{by[('service', n)]['rps'] / by[('naive', n)]['rps']:.2f}x"
+    table = format_table(rows, [("server", "server"), ("clients", "clients"), ("requests", "requests"),
+                                ("rps", "requests/s"), ("vs_naive", "vs naive"), ("of_ceiling", "of model-only"),
+                                ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("n503", "503s"),
+                                ("errors", "errors"), ("peak_rss_mb", "peak RSS MB")])
+    save_results(args.name, "bench_serve.py", argv, rows, table, model=args.model, backend=args.backend,
+                 model_only_photos_s=round(ceiling, 1), max_batch=args.max_batch, threads=args.threads,
+                 memory=memory, load_before=load_before, photos=len(photos))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
