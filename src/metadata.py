@@ -222,9 +222,10 @@ def _norm(value):
     if isinstance(value, list):
         return tuple(sorted((_norm(v) for v in value), key=repr))
     try:
-        return round(float(value), 6)
+        number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    return round(number, 6) if math.isfinite(number) else str(value)  # a keyword "NaN" is a word
 
 
 def _fmt(value: float) -> str:
