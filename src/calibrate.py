@@ -18,8 +18,8 @@ import numpy as np
 from .backends import load_backend
 from .helpers import PROJECT_ROOT
 from .index import LandmarkIndex, index_path_for
-from .openset import DEFAULT_MAX_FALSE_RATE, FALLBACK_MIN_PROB, auroc, choose_threshold, confidence, fit_confidence
-from .openset import split_negatives
+from .openset import (DEFAULT_MAX_FALSE_RATE, FALLBACK_MIN_PROB, auroc, choose_threshold, confidence, fit_confidence,
+                      split_negatives, top_features)
 from .pipeline import iter_predictions
 from .recognizer import class_info, fingerprint
 
@@ -86,35 +86,54 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
     known_source = "validation photos" if is_valid.any() else "training photos (no validation split: optimistic)"
     ids = np.flatnonzero(known)
     if retrieval:
-        known_scores = index.class_scores(embeddings[ids], exclude=list(ids))
+        # every reference looked at (exact scores of every landmark: the left-out ones below depend on them)
+        known_scores = index.class_scores(embeddings[ids], exclude=list(ids), neighbours=len(index))
     else:
         known_scores = probs[ids].astype(np.float64)
-    known_top = known_scores.max(axis=1)
     known_right = known_scores.argmax(axis=1) == labels[ids]
+    # The same photos as landmarks the model does not know: each scored with its own landmark left out. Photos of
+    # unknown landmarks resemble known ones far more than everyday photos do; without these, the threshold would
+    # give a wrong place to most of them.
+    held_out = known_scores.copy()
+    held_out[np.arange(len(ids)), labels[ids]] = -np.inf if retrieval else 0.0
+    if not retrieval:  # a classifier's probabilities without the true class, renormalised
+        held_out = held_out / np.maximum(held_out.sum(axis=1, keepdims=True), 1e-12)
+    held_out[np.isinf(held_out)] = -1.0
     calibration = {"method": "retrieval" if retrieval else "classifier", "max_false_rate": float(max_false_rate),
+                   "features": ["score", "margin over the best other landmark"],
                    "known": int(len(ids)), "known_source": known_source, "data_dir": str(data.root),
                    "known_top1": float(known_right.mean()) if len(ids) else None}
+    negative_parts = [top_features(held_out)] if len(ids) and len(model_classes) > 1 else []
     negatives = Path(negatives) if negatives is not None else None
-    neg_top = np.zeros(0)
     if negatives is not None:
         neg_paths = split_negatives(negatives)["calibrate"]
         if not neg_paths:
             raise ValueError(f"{negatives}: no photos to calibrate 'no known landmark' on")
         neg_probs, neg_embeddings, _ = run_model(backend, neg_paths, "Photos without landmarks", progress)
-        neg_scores = index.class_scores(neg_embeddings) if retrieval else neg_probs.astype(np.float64)
-        neg_top = neg_scores.max(axis=1)
-        calibration.update(negatives=int(len(neg_top)), negatives_dir=str(negatives))
-    features = np.concatenate([known_top, neg_top]).reshape(-1, 1)
-    right = np.concatenate([known_right, np.zeros(len(neg_top), dtype=bool)]).astype(float)
+        neg_scores = index.class_scores(neg_embeddings, neighbours=len(index)) if retrieval \
+            else neg_probs.astype(np.float64)
+        negative_parts.insert(0, top_features(neg_scores))
+        calibration.update(negatives=int(len(neg_scores)), negatives_dir=str(negatives),
+                           unknown_landmarks=int(len(ids)))
+    known_features = top_features(known_scores)
+    neg_features = np.concatenate(negative_parts) if negative_parts else np.zeros((0, 2))
+    features = np.concatenate([known_features, neg_features])
+    right = np.concatenate([known_right, np.zeros(len(neg_features), dtype=bool)]).astype(float)
     if 0 < right.sum() < len(right):
         calibration["confidence"] = fit_confidence(features, right)
-    if len(neg_top):
-        conf_known = confidence(known_top.reshape(-1, 1), calibration["confidence"])
-        conf_neg = confidence(neg_top.reshape(-1, 1), calibration["confidence"])
+    n_everyday = calibration.get("negatives", 0)
+    calibration["samples"] = {  # what the calibration saw, for plots (python -m src calibrate shows the figures)
+        "known": np.round(np.c_[known_features, known_right], 4).tolist(),
+        "everyday": np.round(neg_features[:n_everyday], 4).tolist(),
+        "unknown_landmarks": np.round(neg_features[n_everyday:], 4).tolist()}
+    if negatives is not None and "confidence" in calibration:
+        conf_known = confidence(known_features, calibration["confidence"])
+        conf_neg = confidence(neg_features, calibration["confidence"])
         threshold = choose_threshold(conf_neg, max_false_rate)
         calibration.update(threshold=threshold, measured_on_calibration={
             "known_tagged_right": float(np.mean((conf_known >= threshold) & known_right)),
-            "negatives_given_landmark": float(np.mean(conf_neg >= threshold)),
+            "negatives_given_landmark": float(np.mean(conf_neg[:n_everyday] >= threshold)),
+            "unknown_landmarks_given_landmark": float(np.mean(conf_neg[n_everyday:] >= threshold)),
             "auroc": auroc(conf_known[known_right], conf_neg)})
     else:
         log.warning("no photos without landmarks to calibrate on (give --negatives DIR or set $%s): the default "
@@ -141,7 +160,8 @@ def describe_calibration(path: Path, index: LandmarkIndex) -> str:
     measured = cal.get("measured_on_calibration")
     if measured:
         text += (f" (on the calibration photos: {measured['negatives_given_landmark']:.1%} of {cal['negatives']} "
-                 f"without landmarks given one, {measured['known_tagged_right']:.1%} of {cal['known']} "
+                 f"without landmarks and {measured['unknown_landmarks_given_landmark']:.1%} of {cal['known']} "
+                 f"landmarks left out of the index given one; {measured['known_tagged_right']:.1%} of the "
                  f"{cal['known_source']} tagged right)")
     else:
         text += " (uncalibrated fallback: no photos without landmarks were given)"

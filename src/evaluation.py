@@ -199,6 +199,56 @@ def plot_per_class_accuracy(truth, preds, class_names: Sequence[str]):
     return fig
 
 
+def plot_open_set(recognizer):
+    """Two plots of what the threshold was calibrated on (the model's index): how similar photos are to their
+    nearest landmark - known landmarks, everyday photos, landmarks the index does not know - and the trade-off
+    between landmark photos tagged right and photos without a known landmark given one, with the default
+    threshold marked. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .openset import confidence
+
+    cal = recognizer.calibration
+    samples = cal.get("samples")
+    if not samples or "confidence" not in cal:
+        raise ValueError("this model has no calibration to plot (python -m src calibrate)")
+    known = np.asarray(samples["known"], dtype=np.float64).reshape(-1, 3)
+    everyday = np.asarray(samples["everyday"], dtype=np.float64).reshape(-1, 2)
+    unknown = np.asarray(samples["unknown_landmarks"], dtype=np.float64).reshape(-1, 2)
+    right = known[:, 2] > 0.5
+    fig, (left, right_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
+    what = "similarity to the nearest landmark" if recognizer.method == "retrieval" else "top probability"
+    bins = np.linspace(min(known[:, 0].min(), everyday[:, 0].min() if len(everyday) else 1,
+                           unknown[:, 0].min() if len(unknown) else 1), 1.0, 40)
+    for values, label, colour in ((known[right, 0], "known landmark, right answer", "tab:green"),
+                                  (known[~right, 0], "known landmark, wrong answer", "tab:orange"),
+                                  (everyday[:, 0], "everyday photo", "tab:gray"),
+                                  (unknown[:, 0], "landmark not in the index", "tab:red")):
+        if len(values):
+            left.hist(values, bins=bins, alpha=0.55, label=f"{label} ({len(values)})", color=colour, density=True)
+    left.set_xlabel(what)
+    left.set_ylabel("share of photos (density)")
+    left.set_title("How similar each photo is to its best landmark")
+    left.legend(fontsize=8)
+    conf_known = confidence(known[:, :2], cal["confidence"])
+    conf_neg = confidence(np.concatenate([everyday, unknown]), cal["confidence"])
+    grid = np.unique(np.concatenate([conf_known, conf_neg, [0.0, 1.0]]))
+    tagged = [np.mean((conf_known >= t) & right) for t in grid]
+    given = [np.mean(conf_neg >= t) for t in grid]
+    right_ax.plot(given, tagged, color="tab:blue")
+    t = recognizer.default_min_prob
+    right_ax.scatter([np.mean(conf_neg >= t)], [np.mean((conf_known >= t) & right)], color="black", zorder=3,
+                     label=f"default threshold {t:.2f} (target: at most {cal['max_false_rate']:.0%} given one)")
+    right_ax.set_xlabel("photos without a known landmark given one (invented locations)")
+    right_ax.set_ylabel("known-landmark photos tagged right")
+    right_ax.set_xlim(-0.005, 0.3)
+    right_ax.set_title("The trade-off the threshold makes")
+    right_ax.grid(alpha=0.3)
+    right_ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------------------------------------------
 # python -m src evaluate
 # --------------------------------------------------------------------------------------------------------------

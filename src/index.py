@@ -147,8 +147,8 @@ class LandmarkIndex:
                      neighbours: int = NEIGHBOURS, per_class: int = PER_CLASS) -> np.ndarray:
         """Each query's score for each class ``[Q, C]``: the mean similarity of the class's ``per_class`` nearest
         references among the query's ``neighbours`` nearest (fewer when the class has fewer references). A class
-        with too few references among them is filled with the farthest neighbour's similarity (an upper bound
-        on what its farther references could add); a class with none there scores -1.
+        with too few (or no) references among them is filled with the farthest neighbour's similarity (an upper
+        bound on what its farther references could add).
 
         ``exclude[i]``: a reference id to leave out for query ``i`` (the query's own photo, when calibrating on
         photos that are also references).
@@ -177,6 +177,7 @@ class LandmarkIndex:
                     bucket.append(float(sim))
             own = int(self.labels[exclude[q]]) if exclude is not None and exclude[q] is not None \
                 and exclude[q] >= 0 else -1
+            scores[q, counts > (np.arange(n_classes) == own)] = floor
             for c, vals in taken.items():
                 need = max(1, min(per_class, int(counts[c]) - (c == own)))
                 vals = vals[:need] + [floor] * max(0, need - len(vals))

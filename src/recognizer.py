@@ -27,7 +27,7 @@ import torch
 from .backends import as_backend, load_backend
 from .index import LandmarkIndex, LandmarkIndexError, index_path_for, probe_images
 from .landmarks import NO_LANDMARK, display_name, landmark_info
-from .openset import FALLBACK_MIN_PROB, confidence
+from .openset import FALLBACK_MIN_PROB, confidence, score_features
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +183,12 @@ class Recognizer:
         return probs.numpy().astype(np.float64)
 
     def confidences(self, scores: np.ndarray) -> np.ndarray:
-        """Calibrated confidences ``[B, C]`` from raw scores (each class's score through the fitted logistic)."""
+        """Calibrated confidences ``[B, C]`` from raw scores: each class's score and its margin over the best other
+        class through the fitted logistic (:func:`src.openset.score_features`)."""
         model = self.calibration.get("confidence")
         if not model:
             return np.clip(scores, 0.0, 1.0)
-        return confidence(scores.reshape(-1, 1), model).reshape(scores.shape)
+        return confidence(score_features(scores).reshape(-1, 2), model).reshape(scores.shape)
 
     def decide(self, probs: torch.Tensor, embedding: torch.Tensor | None, paths: Sequence[str], k: int = 5,
                min_prob: float | None = None, gps: Sequence | None = None) -> list[dict]:
