@@ -50,6 +50,25 @@ def test_committed_notebook_has_no_outputs_of_a_quick_or_failed_run(name):
         assert not found, f"{name} carries outputs of a quick/test run ({found[0]!r}): clear them or rerun for real"
 
 
+# What a full run prints (on any data set), per notebook: a committed notebook must show its results.
+FULL_RUN_RESULTS = {"cnn_from_scratch.ipynb": ["Test accuracy", "exported"],
+                    "transfer_learning.ipynb": ["Test accuracy", "default threshold", "exported"],
+                    "app.ipynb": ["test photos right"]}
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_committed_notebook_shows_the_results_of_a_full_run(name):
+    nb = nbformat.read(REPO_ROOT / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    with_output = sum(bool(c.get("outputs")) for c in code)
+    assert with_output >= len(code) / 2, (f"{name}: only {with_output} of {len(code)} code cells have outputs; run "
+                                          f"scripts/make_notebooks.py --execute")
+    text = "\n".join(_output_text(o) for o in _outputs(nb))
+    missing = [m for m in FULL_RUN_RESULTS[name] if m not in text]
+    assert not missing, f"{name}: its outputs lack {missing}"
+    assert any("image/png" in o.get("data", {}) for o in _outputs(nb)) or name == "app.ipynb", f"{name}: no plots"
+
+
 def _make_notebooks_module():
     spec = importlib.util.spec_from_file_location("make_notebooks", REPO_ROOT / "scripts" / "make_notebooks.py")
     module = importlib.util.module_from_spec(spec)
@@ -57,11 +76,12 @@ def _make_notebooks_module():
     return module
 
 
-@pytest.mark.parametrize("name", list(TRAINING_NOTEBOOKS))
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_committed_notebook_matches_its_generator(name):
     """Prose and code live in scripts/make_notebooks.py; the committed notebook has exactly its cells."""
     make = _make_notebooks_module()
-    cells = {"cnn_from_scratch.ipynb": make.SCRATCH, "transfer_learning.ipynb": make.TRANSFER}[name]
+    cells = {"cnn_from_scratch.ipynb": make.SCRATCH, "transfer_learning.ipynb": make.TRANSFER,
+             "app.ipynb": make.APP}[name]
     expected = make.build(cells, "x")
     committed = nbformat.read(REPO_ROOT / name, as_version=4)
     assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in expected.cells], \
