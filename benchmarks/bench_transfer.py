@@ -44,7 +44,8 @@ from src.optimization import get_loss, get_optimizer, get_scheduler
 from src.export import predictor_from_checkpoints
 from src.predictor import export_torchscript, load_exported
 from src.evaluation import evaluate_exported
-from src.train import add_train_arguments, one_epoch_test, optimize, run_training
+from src.train_cli import add_train_arguments, run_training
+from src.train import one_epoch_test, optimize
 from src.transfer import CourseTransferModel
 
 RUNS_DIR = RESULTS_DIR.parent.parent / "runs"

@@ -49,7 +49,7 @@ Every step is one call into `src/`, the same code that `python -m src train --ar
     ("code", """\
 from src.helpers import CHECKPOINTS_DIR, get_device, is_quick_mode, seed_everything
 from src.data_config import resolve_data_config
-from src.train import ARCH_DEFAULTS
+from src.train_cli import ARCH_DEFAULTS
 
 QUICK = is_quick_mode()              # LANDMARK_QUICK=1: the test suite's smoke run
 DATA_DIR = None                      # None: $LANDMARK_DATA, else data/landmark_images (downloaded when missing)
@@ -330,7 +330,7 @@ drifting with each batch. The head is trained with AdamW at 3e-3, a one-cycle sc
     ("code", """\
 %%time
 from src.notebook import train_args
-from src.train import run_training
+from src.train_cli import run_training
 
 common = dict(arch=ARCH, img_size=IMG_SIZE, limit=LIMIT, workers=WORKERS, data_dir=DATA_DIR)
 fast = run_training(train_args(**common, epochs=EPOCHS, n_views=N_VIEWS, unfreeze=0, lr=3e-3,
@@ -500,7 +500,7 @@ Below, the model runs over the test photos; it prints its accuracy and the landm
 shows its *most confident* mistakes: the photos where it was sure and wrong. (In the web page this runs when you
 press the button, so the page opens quickly.)"""),
     ("code", """\
-from src.app import failures_section
+from src.failures import failures_section
 
 failures_section(n=6);"""),
     ("md", """\

@@ -11,13 +11,12 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
 
 from .helpers import CHECKPOINTS_DIR, PROJECT_ROOT
-from .images import ImageLoadError, open_image
+from .images import ImageLoadError
 from .landmarks import NO_LANDMARK, format_latlon
 from .predictor import SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, load_image_tensor, prepare_for_batch
 from .recognizer import Recognizer
@@ -180,7 +179,7 @@ def _short_path(path: Path) -> str:
         return str(path)
 
 
-def _percent(p: float) -> str:
+def percent(p: float) -> str:
     return f"{100 * p:.1f}%"
 
 
@@ -383,18 +382,18 @@ class LandmarkApp:
         words, colour = certainty_words(best["prob"], r["threshold"])
         if r["known"]:
             verdict = (f"<span style='font-size:1.15em;color:{colour}'>&#10003; <b>{html.escape(best['name'])}</b>"
-                       f"</span> <span style='color:{colour}'>&mdash; {words} ({_percent(best['prob'])})</span>")
+                       f"</span> <span style='color:{colour}'>&mdash; {words} ({percent(best['prob'])})</span>")
         else:
             verdict = (f"<span style='font-size:1.15em;color:{colour}'>&#10007; <b>{NO_LANDMARK_VERDICT}</b></span> "
-                       f"<small>(best guess {html.escape(best['name'])} at {_percent(best['prob'])}, below the "
-                       f"{_percent(r['threshold'])} threshold: not sure enough to say)</small>")
+                       f"<small>(best guess {html.escape(best['name'])} at {percent(best['prob'])}, below the "
+                       f"{percent(r['threshold'])} threshold: not sure enough to say)</small>")
         rows = []
         for entry in r["top"]:
             rows.append(w.HBox([
                 w.HTML(html.escape(entry["name"]), layout=w.Layout(width="230px")),
                 w.FloatProgress(value=entry["prob"], min=0.0, max=1.0, layout=w.Layout(width="200px"),
                                 bar_style="success" if entry is best and r["known"] else "info"),
-                w.HTML(_percent(entry["prob"]), layout=w.Layout(width="60px")),
+                w.HTML(percent(entry["prob"]), layout=w.Layout(width="60px")),
             ], layout=w.Layout(align_items="center")))
         loc = best["location"] if r["known"] else None
         if loc:
@@ -432,136 +431,3 @@ def build_app(model_path: str | os.PathLike | None = None, display: bool = True)
         except ImportError:
             pass
     return app
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Where the model fails (the notebook's reflection)
-# --------------------------------------------------------------------------------------------------------------
-
-def find_failures(model, data_dir: str | os.PathLike | None = None, limit: int | None = None,
-                  split: str = "test") -> dict:
-    """Run the model over a split and collect its mistakes (top-1 answers, whatever their confidence).
-
-    Scored by :func:`src.evaluation.score_photos` with its class-matching rule. Returns ``{"n", "correct",
-    "failures": [(path, true, predicted, confidence)], "skipped", "confused": [((true, predicted), count)]}``;
-    failures sorted by confidence, most confident first.
-    """
-    from collections import Counter
-
-    from .data import list_classes, resolve_data_dir, scan_split
-    from .evaluation import match_class, score_photos
-
-    recognizer = as_recognizer(model)
-    keys = [c["class"] for c in recognizer.classes()]
-    root = resolve_data_dir(data_dir, download=False)
-    folders = list_classes(root / split)
-    samples = [(path, folders[label]) for path, label in scan_split(root / split, folders)
-               if match_class(folders[label], keys) is not None]
-    if limit is not None and limit > 0 and len(samples) > limit:
-        step = len(samples) / limit  # evenly spread over classes (samples are ordered by class)
-        samples = [samples[int(i * step)] for i in range(limit)]
-    scored = score_photos(recognizer, samples, desc=f"Checking {split} photos")
-    names = [c["name"] for c in recognizer.classes()]
-    failures, correct = [], 0
-    for record, truth, ranked in zip(scored["records"], scored["truth"], scored["ranked"]):
-        if ranked[0] == truth:
-            correct += 1
-        else:
-            failures.append((Path(record["path"]), names[truth], names[ranked[0]], float(record["top_k"][0]["prob"])))
-    failures.sort(key=lambda f: -f[3])
-    confused = Counter((t, p) for _, t, p, _ in failures).most_common(5)
-    return {"n": correct + len(failures), "correct": correct, "failures": failures, "skipped": scored["errors"],
-            "confused": confused}
-
-
-def plot_failures(failures: Sequence[tuple], n: int = 6, cols: int = 3):
-    """A grid of misclassified photos titled with the true and predicted landmark; returns the figure."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    shown = list(failures)[:n]
-    rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (path, true, predicted, prob) in zip(axes.flat, shown):
-        img = open_image(path)
-        img.thumbnail((400, 400))
-        ax.imshow(img)
-        ax.set_title(f"true: {true}\npredicted: {predicted} ({_percent(prob)})", fontsize=9, color="#b00020")
-    fig.tight_layout()
-    return fig
-
-
-def show_failures(model_path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-                  n: int = 6, limit: int | None = None):
-    """The notebook's reflection: accuracy, the most confused pairs and a plot of confident mistakes.
-
-    Prints what is missing (model or data) instead of failing. In quick mode (``LANDMARK_QUICK=1``) only a few
-    photos are checked. Returns the :func:`find_failures` result, or None when it could not run.
-    """
-    from .data import DataNotFoundError  # noqa: PLC0415
-    from .helpers import is_quick_mode  # noqa: PLC0415
-
-    path = Path(model_path) if model_path is not None else find_exported_model()
-    if path is None:
-        print(no_model_message())
-        return None
-    try:
-        model = load_model(path)
-    except ModelLoadError as exc:
-        print(exc)
-        return None
-    if limit is None and is_quick_mode():
-        limit = 24
-    try:
-        report = find_failures(model, data_dir, limit=limit)
-    except DataNotFoundError as exc:
-        print(f"No test photos to check the model on: {exc}")
-        return None
-    if report["n"] == 0:
-        print("None of the test photos belong to the model's landmarks; nothing to check.")
-        return report
-    print(f"Model {path.name}: {report['correct']} of {report['n']} test photos right "
-          f"({100 * report['correct'] / report['n']:.1f}%), {len(report['failures'])} wrong.")
-    if report["skipped"]:
-        print(f"{len(report['skipped'])} unreadable test files skipped, e.g. {report['skipped'][0]}")
-    if report["confused"]:
-        print("Most frequent confusions (true -> predicted):")
-        for (true, predicted), count in report["confused"]:
-            print(f"  {count:3d} x  {true} -> {predicted}")
-    if report["failures"]:
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-
-        fig = plot_failures(report["failures"], n=n)
-        fig.suptitle("The model's most confident mistakes", y=1.02)
-        plt.show()
-    return report
-
-
-def in_voila() -> bool:
-    """True inside a kernel that Voila started (it sets SERVER_SOFTWARE=voila/<version>)."""
-    return os.environ.get("SERVER_SOFTWARE", "").startswith("voila")
-
-
-def failures_section(**kwargs):
-    """In a notebook, run :func:`show_failures` now; in the Voila web page, offer a button (keeps page load fast)."""
-    if not in_voila():
-        return show_failures(**kwargs)
-    import ipywidgets as widgets  # noqa: PLC0415
-    from IPython.display import display  # noqa: PLC0415
-
-    button = widgets.Button(description="Show where the model fails", icon="search",
-                            layout=widgets.Layout(width="260px"))
-    out = widgets.Output()
-
-    def _run(_):
-        button.disabled = True
-        with out:
-            try:
-                show_failures(**kwargs)
-            except Exception as exc:  # never a traceback on the page
-                print(f"Could not check the model: {' '.join(str(exc).split())}")
-
-    button.on_click(_run)
-    display(widgets.VBox([button, out]))
-    return None

@@ -25,6 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from .helpers import atomic_torch_save, atomic_write_json, ensure_writable_dir, seed_everything
+from .train import optimize
+from .train_cli import add_train_arguments, feature_loader_options, model_kwargs_from_args, resolve_defaults, train_args
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +90,11 @@ def stratified_folds(samples: Sequence[tuple[Path, int]], n_folds: int, seed: in
 
 def member_args(arch: str, seed: int, overrides: dict | None = None) -> argparse.Namespace:
     """The ``python -m src train`` arguments of a member: its arch's defaults, the seed, ``overrides``."""
-    from .train import resolve_defaults, train_args  # noqa: PLC0415
-
     return resolve_defaults(train_args(arch=arch, seed=seed, valid_size=0.0, **(overrides or {})))
 
 
 def _new_model(args: argparse.Namespace, n_classes: int):
     from .model import create_model  # noqa: PLC0415
-    from .train import model_kwargs_from_args  # noqa: PLC0415
 
     model = create_model(args.arch, n_classes, **model_kwargs_from_args(args))
     if getattr(model, "cache_split", None) is None:
@@ -109,7 +108,6 @@ def training_features(args: argparse.Namespace, data, cache_seed: int) -> tuple[
     """``(features [N, n_views, ...], labels [N])`` of every training photo for ``args.arch`` (its recipe's size,
     views and augmentation), from the feature cache of a ``--valid-size 0 --seed cache_seed`` run."""
     from .feature_cache import get_feature_loaders  # noqa: PLC0415
-    from .train import feature_loader_options  # noqa: PLC0415
 
     model = _new_model(args, len(data.class_names))
     # the training command's own cache and loaders, with the cache's views seeded by cache_seed for every member
@@ -127,7 +125,6 @@ def train_and_predict(args: argparse.Namespace, class_names: Sequence[str], trai
     training command's engine and recipe; return its class probabilities ``[M, C]`` for ``held_out`` features
     (their plain view ``[M, 1, ...]`` or ``[M, ...]``)."""
     from .optimization import get_loss, get_optimizer, get_scheduler  # noqa: PLC0415
-    from .train import optimize  # noqa: PLC0415
     from .feature_cache import FeatureDataset  # noqa: PLC0415
     from .transfer import CachedActivationModel  # noqa: PLC0415
 
@@ -294,7 +291,6 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
 def training_overrides(settings: Sequence[str]) -> dict:
     """``["unfreeze=3", "img_size=288"]`` -> ``{"unfreeze": 3, "img_size": 288}``, typed and checked by the
     training command's own parser (an unknown name or a bad value is an error naming it)."""
-    from .train import add_train_arguments  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="--set", add_help=False, exit_on_error=False)
     add_train_arguments(parser)

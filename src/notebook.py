@@ -14,7 +14,7 @@ BENCHMARK_RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 def train_args(**overrides) -> argparse.Namespace:
     """The arguments of ``python -m src train`` with its defaults, then ``overrides``: see
     :func:`src.train.train_args` (imported only when called: it brings the torch models)."""
-    from .train import train_args as _train_args  # noqa: PLC0415 - train imports torch models; only when asked
+    from .train_cli import train_args as _train_args  # noqa: PLC0415 - train imports torch models; only when asked
 
     return _train_args(**overrides)
 

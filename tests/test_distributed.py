@@ -23,7 +23,8 @@ from src.helpers import PROJECT_ROOT
 from src.model import MyModel
 from src.optimization import get_loss
 from src.checkpoint import build_model_from_checkpoint, load_checkpoint
-from src.train import add_train_arguments, evaluate, run_training
+from src.train_cli import add_train_arguments, run_training
+from src.train import evaluate
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 TINY = ["--arch", "scratch", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--widths", "8,16,16,16",

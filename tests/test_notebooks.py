@@ -168,7 +168,7 @@ def test_train_args_are_the_command_line_defaults_plus_overrides(tmp_path):
     import argparse
 
     from src.notebook import train_args
-    from src.train import add_train_arguments
+    from src.train_cli import add_train_arguments
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

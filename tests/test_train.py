@@ -20,7 +20,8 @@ from src.helpers import PROJECT_ROOT, seed_everything
 from src.model import MyModel
 from src.optimization import get_loss, get_optimizer, get_scheduler
 from src.checkpoint import CHECKPOINT_FORMAT, CheckpointError, build_model_from_checkpoint, load_checkpoint
-from src.train import ARCH_DEFAULTS, add_train_arguments, one_epoch_test, optimize, run_files, run_training
+from src.train_cli import ARCH_DEFAULTS, add_train_arguments, run_training
+from src.train import one_epoch_test, optimize, run_files
 
 SMALL = {"widths": [8, 16, 32, 32], "depths": [1, 1, 1, 1], "dropout": 0.2}
 
