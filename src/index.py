@@ -121,11 +121,12 @@ class LandmarkIndex:
             else:  # inverted lists with product-quantised codes: ~64 bytes a reference instead of 4 per dimension
                 # ~4 sqrt(N) lists (FAISS's guidance), at least 39 training points each; PQ codes of one byte per
                 # 16 dimensions (1280 -> 80 bytes a reference)
-                nlist = int(max(1, min(4096, 4 * math.sqrt(len(self)), len(self) // 39)))
+                # (at most 1024 lists, trained on at most 64 Ki references: building stays minutes at 10^6)
+                nlist = int(max(1, min(1024, 4 * math.sqrt(len(self)), len(self) // 39)))
                 m = next(m for m in range(max(1, dim // 16), 0, -1) if dim % m == 0)
                 index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
                 rng = np.random.default_rng(0)
-                sample = self.embeddings[rng.choice(len(self), size=min(len(self), 64 * nlist), replace=False)]
+                sample = self.embeddings[rng.choice(len(self), size=min(len(self), 64 * nlist, 65536), replace=False)]
                 index.train(sample)
                 index.nprobe = 16
             if len(self):
