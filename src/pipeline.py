@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -50,6 +51,14 @@ def error_line(path, exc: BaseException) -> str:
 def decode_for_batch(source, resize_size: int, crop_size: int, name: str | None = None) -> torch.Tensor:
     """A photo (path or bytes) as the uint8 ``[3, R, R]`` tensor a batch stacks (see ``prepare_for_batch``)."""
     return prepare_for_batch(load_image_tensor(source, resize_size, name=name), resize_size, crop_size)
+
+
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(images)``, by NumPy on the CPU: torch's parallel copy of a batch of photos costs ~14 ms with 2
+    threads (thread start-up; NumPy: 0.2 ms), time the forward pass and the decoders need."""
+    if all(image.device.type == "cpu" and not image.requires_grad for image in images):
+        return torch.from_numpy(np.stack([image.numpy() for image in images]))
+    return torch.stack(list(images))
 
 
 def _decode(path: Path, resize_size: int, crop_size: int, per_file: Callable | None):
@@ -100,7 +109,7 @@ def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int 
             good = [i for i, (_, image, _, _) in enumerate(batch) if image is not None]
             probs = embedding = None
             if good:
-                probs, embedding = backend(torch.stack([batch[i][1] for i in good]))
+                probs, embedding = backend(stack_images([batch[i][1] for i in good]))
             row_of = {i: r for r, i in enumerate(good)}
             for i, (path, _, error, extra) in enumerate(batch):
                 r = row_of.get(i)

@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .images import MAX_IMAGE_PIXELS, ImageLoadError
-from .pipeline import decode_for_batch, error_line
+from .pipeline import decode_for_batch, error_line, stack_images
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class Batcher:
         start = time.perf_counter()
         rec = self.recognizer
         try:
-            probs, embedding = rec.backend(torch.stack([j.image for j in batch]))
+            probs, embedding = rec.backend(stack_images([j.image for j in batch]))
             groups: dict[tuple, list[int]] = {}
             for i, job in enumerate(batch):
                 groups.setdefault(job.key, []).append(i)
