@@ -4,7 +4,8 @@
 Chosen on held-out data only, never the test photos: references = the training split of landmarks13, queries =
 its validation split (the model did not train on them), the calibration half of everyday (photos without
 landmarks), and the validation photos again with their own landmark left out of the index (landmarks the index
-does not know; new_landmarks/train, never fitted on, as landmarks nobody trained on). For each embedding: top-1 of the nearest landmark, AUROC of known vs the rest, and the share
+does not know; new_landmarks/train, never fitted on, as landmarks nobody trained on). For each embedding: top-1
+of the nearest landmark, AUROC of known vs the rest, and the share
 of known photos tagged right when at most 2 % of the others get a landmark (threshold and confidence fitted by
 5-fold cross-validation, as ``python -m src calibrate`` fits them); and enrolment: leave-one-out top-1 on
 new_landmarks/train added to the index.
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     imagenet = {k: imagenet_embeddings(v, backend.resize_size, backend.img_size)
                 for k, v in (("train", train_p), ("valid", valid_p), ("everyday", everyday_p), ("new", new_p))}
     print(f"embeddings in {time.perf_counter() - started:.0f} s")
-    candidates = {"classifier's own features (pooled, 1280)": ours, "ImageNet features (no fine-tuning, 1280)": imagenet}
+    candidates = {"classifier's own features (pooled, 1280)": ours,
+                  "ImageNet features (no fine-tuning, 1280)": imagenet}
     for seed in (int(s) for s in args.seeds.split(",")):
         head = train_arcface(ours["train"], train_l, n, seed=seed)
         candidates[f"sub-center ArcFace head on them (512, seed {seed})"] = {k: head(v) for k, v in ours.items()}

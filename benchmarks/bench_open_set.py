@@ -156,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                                      summary["threshold"])
         rows.append(row("retrieval after enrolling 5 new landmarks", summary,
                         {"everyday_given": f"{float(given[n_known:n_known + n_everyday].mean()):.1%}",
-                         "new_given": f"top-1 {new_known['top1_known']:.1%}, right {new_known['known_tagged_right']:.1%}"}))
+                         "new_given": f"top-1 {new_known['top1_known']:.1%}, "
+                                      f"right {new_known['known_tagged_right']:.1%}"}))
         known_after, _, _, _ = decide_all(enrolled, outputs[:n_known], truth[:n_known])
     enrolment = {"landmarks": len(added), "photos": len(train_paths), "enroll_seconds": enroll_seconds,
                  "forward_only_seconds": forward_seconds,
                  "enroll_vs_forward": enroll_seconds / forward_seconds if forward_seconds else None,
                  "new_test_top1": new_known["top1_known"], "new_test_tagged_right": new_known["known_tagged_right"],
-                 "landmarks13_top1_before": rows[3]["raw"]["top1_known"], "landmarks13_top1_after": known_after["top1_known"]}
+                 "landmarks13_top1_before": rows[3]["raw"]["top1_known"],
+                 "landmarks13_top1_after": known_after["top1_known"]}
     columns = [("method", "method"), ("threshold", "threshold"), ("top1", "top-1 known"),
                ("right", "known tagged right"), ("wrong", "known tagged wrong"),
                ("unknown_given", "no-landmark photos given one"), ("everyday_given", "everyday given one"),

@@ -10,7 +10,8 @@ from .helpers import quiet_torchscript
 
 # command -> (module, function adding its arguments, function running it, one-line help)
 COMMANDS = {
-    "data": ("src.data_cli", "add_data_arguments", "data_main", "find or download the photos, check them, print mean/std"),
+    "data": ("src.data_cli", "add_data_arguments", "data_main",
+             "find or download the photos, check them, print mean/std"),
     "train": ("src.train_cli", "add_train_arguments", "train_main", "train a model (scratch CNN or transfer)"),
     "export": ("src.export", "add_export_arguments", "export_main",
                "export a checkpoint to TorchScript (and ONNX), with its landmark index and threshold"),

@@ -16,10 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from .backends import load_backend
+from .data import load_landmark_data
 from .helpers import PROJECT_ROOT
 from .index import LandmarkIndex, index_path_for
-from .openset import (DEFAULT_MAX_FALSE_RATE, FALLBACK_MIN_PROB, auroc, choose_threshold, confidence, fit_confidence,
-                      split_negatives, top_features)
+from .openset import (
+    DEFAULT_MAX_FALSE_RATE,
+    FALLBACK_MIN_PROB,
+    auroc,
+    choose_threshold,
+    confidence,
+    fit_confidence,
+    split_negatives,
+    top_features,
+)
 from .pipeline import iter_predictions
 from .recognizer import class_info, fingerprint
 
@@ -58,8 +67,6 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
                 progress: bool = True) -> LandmarkIndex:
     """The index of a model's own landmarks (all training photos of ``data_dir`` as references; none for a
     model without embeddings) with its calibration; see the module docstring."""
-    from .data import load_landmark_data
-
     data = load_landmark_data(data_dir, valid_size=valid_size, seed=seed)
     model_classes = list(backend.class_names)
     missing = sorted(set(model_classes) - set(data.class_names))

@@ -17,7 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from .data import list_classes, scan_split
 from .pipeline import iter_predictions
+from .recognizer import Recognizer, class_info
 
 
 class EnrollError(ValueError):
@@ -51,9 +55,6 @@ def enroll_folder(recognizer, data_dir: str | Path, split: str = "train", locati
                   replace: bool = False, progress: bool = True) -> list[dict]:
     """Enrol every class folder of ``data_dir/split`` (course layout); returns what each became. Saved once, at
     the end, atomically."""
-    from .data import list_classes, scan_split
-    from .recognizer import class_info
-
     root = Path(data_dir) / split
     if not root.is_dir():
         raise EnrollError(f"{root}: no such folder (expected the course layout: {split}/NN.Name/*.jpg)")
@@ -82,8 +83,6 @@ def enroll_folder(recognizer, data_dir: str | Path, split: str = "train", locati
         if index.find_class(folder) is not None:
             index.remove(folder)
         info = class_info(folder, locations, source="enrolled")
-        import numpy as np
-
         number = index.add(info, np.stack([e.numpy() for _, e in items]), [r for r, _ in items])
         added.append(dict(index.classes[number], references=len(items)))
     if added:
@@ -114,8 +113,6 @@ def add_enroll_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def enroll_main(args: argparse.Namespace) -> int:
-    from .recognizer import Recognizer
-
     recognizer = Recognizer.load(args.model)
     if args.list:
         print_landmarks(recognizer)

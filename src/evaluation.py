@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .data import class_display_name
+from .data import class_display_name, resolve_data_dir, scan_split
 from .helpers import atomic_write_json
 from .landmarks import display_name
-from .openset import open_set_summary
+from .openset import confidence, open_set_summary, split_negatives
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
-from .predict import add_model_arguments
+from .predict import add_model_arguments, load_recognizer
+from .recognizer import Recognizer
 
 
 def _bare(name: str) -> str:
@@ -40,8 +40,6 @@ def match_class(label: str, classes: Sequence[str]) -> int | None:
 
 
 def as_recognizer(model):
-    from .recognizer import Recognizer
-
     if isinstance(model, Recognizer):
         return model
     if isinstance(model, (str, os.PathLike)):
@@ -163,7 +161,7 @@ def per_class_accuracy(truth, preds, class_names: Sequence[str]) -> dict[str, fl
 
 def plot_confusion_matrix(truth, preds, class_names: Sequence[str], normalize: bool = True):
     """Confusion matrix heat map (rows: truth, normalised per row by default); returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - plotting only when a plot is asked for
 
     n = len(class_names)
     cm = confusion_matrix(truth, preds, n).astype(np.float64)
@@ -186,7 +184,7 @@ def plot_confusion_matrix(truth, preds, class_names: Sequence[str], normalize: b
 
 def plot_per_class_accuracy(truth, preds, class_names: Sequence[str]):
     """Horizontal bar chart of per-class accuracy, worst first; returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - plotting only when a plot is asked for
 
     acc = per_class_accuracy(truth, preds, class_names)
     items = sorted(((v if v is not None else -1.0), class_display_name(k)) for k, v in acc.items())
@@ -204,9 +202,7 @@ def plot_open_set(recognizer):
     nearest landmark - known landmarks, everyday photos, landmarks the index does not know - and the trade-off
     between landmark photos tagged right and photos without a known landmark given one, with the default
     threshold marked. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    from .openset import confidence
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - plotting only when a plot is asked for
 
     cal = recognizer.calibration
     samples = cal.get("samples")
@@ -267,10 +263,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
-    from .data import resolve_data_dir, scan_split
-    from .openset import split_negatives
-    from .predict import load_recognizer
-
     recognizer = load_recognizer(args)
     split_dir = resolve_data_dir(args.data_dir) / args.split
     samples = [(p, p.parent.name) for p, _ in scan_split(split_dir)]

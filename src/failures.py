@@ -8,7 +8,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from .app import ModelLoadError, percent, as_recognizer, find_exported_model, load_model, no_model_message
+from .app import ModelLoadError, as_recognizer, find_exported_model, load_model, no_model_message, percent
+from .data import DataNotFoundError, list_classes, resolve_data_dir, scan_split
+from .evaluation import match_class, score_photos
+from .helpers import is_quick_mode
 from .images import open_image
 
 # --------------------------------------------------------------------------------------------------------------
@@ -23,9 +26,6 @@ def find_failures(model, data_dir: str | os.PathLike | None = None, limit: int |
     "failures": [(path, true, predicted, confidence)], "skipped", "confused": [((true, predicted), count)]}``;
     failures sorted by confidence, most confident first.
     """
-    from .data import list_classes, resolve_data_dir, scan_split
-    from .evaluation import match_class, score_photos
-
     recognizer = as_recognizer(model)
     keys = [c["class"] for c in recognizer.classes()]
     root = resolve_data_dir(data_dir, download=False)
@@ -74,8 +74,6 @@ def show_failures(model_path: str | os.PathLike | None = None, data_dir: str | o
     Prints what is missing (model or data) instead of failing. In quick mode (``LANDMARK_QUICK=1``) only a few
     photos are checked. Returns the :func:`find_failures` result, or None when it could not run.
     """
-    from .data import DataNotFoundError  # noqa: PLC0415
-    from .helpers import is_quick_mode  # noqa: PLC0415
 
     path = Path(model_path) if model_path is not None else find_exported_model()
     if path is None:

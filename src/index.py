@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -54,10 +55,8 @@ def probe_images(resize_size: int, n: int = 2) -> "np.ndarray":
 
 
 def _faiss():
-    import logging
-
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "no AVX2 build" notes are not for users
-    import faiss  # imported on first use: commands that never search do not pay for it
+    import faiss  # noqa: PLC0415 - on first use: commands that never search do not load it
 
     return faiss
 
@@ -208,8 +207,8 @@ class LandmarkIndex:
         """Remove a class and all its references; returns what it was. ``KeyError`` when there is none such."""
         found = self.find_class(name)
         if found is None:
-            raise KeyError(f"no landmark {name!r} in the index (known: "
-                           f"{', '.join(c['class'] for c in self.classes[:8])}{' ...' if len(self.classes) > 8 else ''})")
+            known = ", ".join(c["class"] for c in self.classes[:8]) + (" ..." if len(self.classes) > 8 else "")
+            raise KeyError(f"no landmark {name!r} in the index (known: {known})")
         keep = self.labels != found
         removed = dict(self.classes[found], references=int((~keep).sum()))
         self.embeddings = self.embeddings[keep]

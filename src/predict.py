@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 
+from .backends import resolve_device
 from .landmarks import NO_LANDMARK, format_latlon
 from .metadata import read_exif_gps
 from .pipeline import decode_for_batch, error_line
+from .recognizer import Recognizer
 
 
 def format_record(record: dict) -> str:
@@ -50,9 +52,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, k: int) -> None:
 
 
 def load_recognizer(args: argparse.Namespace):
-    from .backends import resolve_device
-    from .recognizer import Recognizer
-
     return Recognizer.load(args.model, device=resolve_device(args.device), backend=args.backend,
                            min_prob=args.min_prob)
 

@@ -7,7 +7,6 @@ final name.
 """
 # No ``from __future__ import annotations`` here: TorchScript must read the annotations as types, not strings.
 
-import argparse
 import io
 import json
 import logging
@@ -23,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from .data_config import DEFAULT_IMG_SIZE, resize_size_for
-from .helpers import CHECKPOINTS_DIR, atomic_path, ensure_writable_dir, quiet_torchscript
+from .helpers import CHECKPOINTS_DIR, atomic_path, quiet_torchscript
 from .images import limit_aspect_ratio, open_image
 
 log = logging.getLogger(__name__)

@@ -21,11 +21,13 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from .backends import resolve_device
 from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir
 from .images import is_candidate_image
 from .metadata import MetadataError, read_exif_gps, sidecar_paths, update_metadata
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
 from .predict import add_model_arguments
+from .recognizer import Recognizer
 
 # --------------------------------------------------------------------------------------------------------------
 # tag: CSV rows, journal, resume
@@ -232,8 +234,6 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     ``model``: a :class:`~src.recognizer.Recognizer`, a loaded exported module, or a path to an exported file.
     ``min_prob`` None: the model's calibrated threshold.
     """
-    from .recognizer import Recognizer
-
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -241,8 +241,6 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     if isinstance(model, Recognizer):
         recognizer = model
     elif isinstance(model, (str, os.PathLike)):
-        from .backends import resolve_device
-
         recognizer = Recognizer.load(model, device=resolve_device(device), backend=backend)
     else:
         recognizer = Recognizer(model)

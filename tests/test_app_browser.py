@@ -225,7 +225,8 @@ def test_app_in_browser_classifies_photo_and_reports_broken_file(chromium_path, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Screenshot the app classifying photos with a real model.")
     parser.add_argument("photos", nargs="+", type=Path, help="photos to upload (a broken file is added)")
-    parser.add_argument("--model", type=Path, required=True, help="exported model, e.g. checkpoints/transfer_exported.pt")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="exported model, e.g. checkpoints/transfer_exported.pt")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "static_images" / "app_screenshot.png")
     parser.add_argument("--no-broken", action="store_true", help="do not add a broken file to the upload")
     parser.add_argument("--height", type=int, default=1100, help="browser window height in pixels")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,16 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_photo
 from PIL import Image
 from torch import nn
 
-from conftest import CLASS_COLOURS, make_dataset, make_photo
-from src.__main__ import main as cli
 from src import index as index_module
+from src.__main__ import main as cli
 from src.calibrate import calibrate_model
 from src.index import LandmarkIndex, LandmarkIndexError, index_path_for
-from src.openset import (auroc, choose_threshold, confidence, fit_confidence, global_average_precision,
-                         open_set_summary, split_negatives)
+from src.openset import (
+    auroc,
+    choose_threshold,
+    confidence,
+    fit_confidence,
+    global_average_precision,
+    open_set_summary,
+    split_negatives,
+)
 from src.predictor import Predictor, export_torchscript, make_predictor
 from src.recognizer import Recognizer
 from src.transfer import TransferModel

@@ -211,7 +211,8 @@ def test_predict_json_one_object_per_image(tmp_path, models, capsys):
 
 def test_predict_min_prob_says_no_known_landmark(tmp_path, models, capsys):
     photo().save(tmp_path / "a.jpg")
-    assert cli(["predict", "--model", str(models["varied"]), "--json", "--min-prob", "0.99", str(tmp_path / "a.jpg")]) == 0
+    assert cli(["predict", "--model", str(models["varied"]), "--json", "--min-prob", "0.99",
+                str(tmp_path / "a.jpg")]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["status"] == "no_known_landmark" and record["landmark"] == "no known landmark"
     assert record["lat"] is None and record["top_k"]  # the guesses are still listed
