@@ -10,13 +10,20 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .helpers import ensure_writable_dir
-from .predictor import (SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, Ensemble, Predictor, default_export_path,
-                        export_onnx, export_torchscript, file_sha256,
-                        make_predictor)
-from .data_config import DEFAULT_IMG_SIZE
+from .calibrate import add_calibration_arguments, calibrate_model, describe_calibration, negatives_from_args
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
-
+from .helpers import ensure_writable_dir
+from .predictor import (
+    SCRATCH_EXPORT_NAME,
+    TRANSFER_EXPORT_NAME,
+    Ensemble,
+    Predictor,
+    default_export_path,
+    export_onnx,
+    export_torchscript,
+    file_sha256,
+    make_predictor,
+)
 
 # --------------------------------------------------------------------------------------------------------------
 # Command line: python -m src export --checkpoint PATH [--out FILE.pt] [--onnx]
@@ -38,8 +45,6 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data set for the landmark index and calibration (default: the one it was trained on)")
     parser.add_argument("--no-index", action="store_true",
                         help="do not build the landmark index / calibrate (make it later with python -m src calibrate)")
-    from .calibrate import add_calibration_arguments
-
     add_calibration_arguments(parser)
 
 
@@ -117,8 +122,6 @@ def build_export_index(out: Path, args: argparse.Namespace) -> None:
     Failing here does not undo the export: the file works with the uncalibrated fallback threshold, and one line
     says how to calibrate it.
     """
-    from .calibrate import calibrate_model, describe_calibration, negatives_from_args
-
     saved = load_checkpoint(args.checkpoint[0]).get("args") or {}
     data_dir = args.data_dir or saved.get("data_dir")
     valid_size = args.valid_size if args.valid_size is not None else float(saved.get("valid_size", 0.2) or 0.0)
