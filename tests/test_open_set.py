@@ -3,6 +3,7 @@ training, and one decision from predict, tag and the app. Tiny real models on ge
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import signal
 import subprocess
@@ -364,3 +365,33 @@ def test_a_model_without_embeddings_gets_a_calibrated_threshold_never_zero(tmp_p
     assert recognizer.method == "classifier" and recognizer.calibrated and recognizer.min_prob > 0
     with pytest.raises(LandmarkIndexError, match="gives no embeddings"):
         recognizer.enroll("X", [torch.zeros(3, recognizer.resize_size, recognizer.resize_size, dtype=torch.uint8)])
+
+
+def test_the_app_adds_a_landmark_from_a_few_photos_and_then_recognises_it(calibrated):
+    from src.app import LandmarkApp, classify_image_bytes, load_model
+
+    def jpeg(label, index):
+        path = make_photo(calibrated["model"].parent / f"upload_{label}_{index}.jpg", label, index)
+        return path.read_bytes()
+
+    model = load_model(calibrated["model"])
+    app = LandmarkApp(model, model_path=calibrated["model"])
+    new_photo = jpeg(3, 900)
+    assert classify_image_bytes(model, "d.jpg", new_photo)["top"][0]["class_name"] != "Landmark_D"
+    app.new_name.value = "Landmark D"
+    app.new_city.value, app.new_country.value = "Dee", "Deeland"
+    app.new_lat.value, app.new_lon.value = "10.5", "-20.25"
+    files = [(f"d{i}.jpg", jpeg(3, i)) for i in range(5)] + [("broken.jpg", b"not a photo")]
+    app.new_photos.value = tuple({"name": name, "type": "image/jpeg", "size": len(data), "content": memoryview(data),
+                                  "last_modified": datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc)}
+                                 for name, data in files)
+    app._on_add()
+    assert "Added Landmark D (5 photos, Dee, Deeland). 1 files skipped" in app.enroll_status.value
+    result = classify_image_bytes(model, "d.jpg", new_photo, k=2)
+    assert result["known"] and result["top"][0]["name"] == "Landmark D"
+    assert result["top"][0]["location"] == {"city": "Dee", "country": "Deeland", "lat": 10.5, "lon": -20.25}
+    # saved: a new process (predict, tag, the service) knows it too
+    assert "Landmark_D" in [c["class"] for c in Recognizer.load(calibrated["model"]).classes()]
+    app.new_name.value = ""
+    app._on_add()
+    assert "give the landmark a name" in app.enroll_status.value
