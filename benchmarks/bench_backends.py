@@ -8,6 +8,8 @@ photos, and ``tag``'s pipeline throughput as a fraction of the forward pass alon
 per-channel weights, Conv/MatMul/Gemm only; the preprocessing stays float) calibrated on ``--calib`` training photos,
 written to ``FILE.int8.onnx``.
 
+Each backend is measured in processes of its own (``--rounds`` of them, alternating), as a user runs one.
+
 * **forward**: the model alone on photos decoded beforehand (uint8 ``[B, 3, R, R]``, what ``tag``/``serve`` give it),
   batches of ``--batch-size``, ``--threads`` threads; photos/s, median of ``--repeat`` alternating runs.
 * **top-1**: arg-max of each backend's probabilities on the 204 test photos.
@@ -17,8 +19,10 @@ written to ``FILE.int8.onnx``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,73 +65,96 @@ def forward_rate(backend, batches: list[torch.Tensor]) -> float:
     return count / (time.perf_counter() - start)
 
 
+def measure_one(args) -> dict:
+    """In a process of its own (``--only NAME``): one backend's top-1, forward-alone and pipeline rates. Backends
+    are never measured in the same process: once ONNX Runtime has run, PyTorch's forward pass in that process is
+    several times slower (their thread pools fight), which no real user of one backend sees."""
+    torch.set_num_threads(args.threads)
+    model = Path(args.model)
+    test = labelled(Path(args.data_dir) / "test")
+    if args.only == "torchscript":
+        backend = TorchScriptBackend.load(model)
+    else:
+        backend = OnnxBackend(model.with_suffix(".int8.onnx" if args.only == "onnx-int8" else ".onnx"),
+                              threads=args.threads)
+    images = [decode_for_batch(p, backend.resize_size, backend.img_size) for p, _ in test]
+    batches = [torch.stack(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)]
+    probs = torch.cat([backend(b)[0] for b in batches])  # top-1, and warm-up (TorchScript specialises first)
+    for b in batches:
+        backend(b)
+    hits = sum(backend.class_names[int(i)] == label for i, (_, label) in zip(probs.argmax(1), test))
+    forward, pipeline = [], []
+    paths = [p for p, _ in test]
+    for _ in range(args.repeat):
+        forward.append(forward_rate(backend, batches))
+        start = time.perf_counter()
+        for _ in iter_predictions(backend, paths, batch_size=args.batch_size, progress=False):
+            pass
+        pipeline.append(len(paths) / (time.perf_counter() - start))
+    return {"hits": int(hits), "photos": len(test), "forward": forward, "pipeline": pipeline}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="runs/serve_bench/transfer_exported.pt")
     parser.add_argument("--data-dir", default=str(SHARED))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="processes per backend, alternating")
+    parser.add_argument("--repeat", type=int, default=2, help="measurements per process")
     parser.add_argument("--calib", type=int, default=64, help="training photos for int8 calibration")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--name", default="bench_backends")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.only:
+        print("RESULT " + json.dumps(measure_one(args)))
+        return 0
     load_before = os.getloadavg()[0]
-    torch.set_num_threads(args.threads)
     model = Path(args.model)
     data = Path(args.data_dir)
     if not (data / "test").is_dir():
         print(f"no data at {data}", file=sys.stderr)
         return 1
-    test = labelled(data / "test")
-    load = time.perf_counter()
-    backends = {"torchscript": TorchScriptBackend.load(model),
-                "onnx": OnnxBackend(model.with_suffix(".onnx"), threads=args.threads)}
-    print(f"loaded in {time.perf_counter() - load:.1f} s")
-    size, crop = backends["onnx"].resize_size, backends["onnx"].img_size
-    images = [decode_for_batch(p, size, crop) for p, _ in test]
+    names = ["torchscript", "onnx"]
     if not args.no_int8:
-        calib_paths = labelled(data / "train")[:: max(1, len(labelled(data / "train")) // args.calib)][: args.calib]
-        int8 = model.with_suffix(".int8.onnx")
+        train = labelled(data / "train")
+        calib_paths = train[:: max(1, len(train) // args.calib)][: args.calib]
+        size = OnnxBackend(model.with_suffix(".onnx")).resize_size
+        crop = OnnxBackend(model.with_suffix(".onnx")).img_size
         start = time.perf_counter()
-        quantize_int8(model.with_suffix(".onnx"), int8, [decode_for_batch(p, size, crop) for p, _ in calib_paths])
-        print(f"quantised to {int8} in {time.perf_counter() - start:.0f} s")
-        backends["onnx-int8"] = OnnxBackend(int8, threads=args.threads)
-    batches = [torch.stack(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)]
-    classes = backends["onnx"].class_names
-    rows = {name: {"backend": name, "file_mb": round(os.path.getsize(
-        model if name == "torchscript" else model.with_suffix(".int8.onnx" if name == "onnx-int8" else ".onnx"))
-        / 2**20, 1)} for name in backends}
-    for name, backend in backends.items():  # top-1, and warm-up (TorchScript specialises on its first calls)
-        probs = torch.cat([backend(b)[0] for b in batches])
-        for b in batches:
-            backend(b)
-        hits = sum(classes[int(i)] == label for i, (_, label) in zip(probs.argmax(1), test))
-        rows[name]["top1"] = f"{hits / len(test):.1%}"
-        rows[name]["hits"] = int(hits)
-    rates: dict[str, list[float]] = {n: [] for n in backends}
-    pipe: dict[str, list[float]] = {n: [] for n in backends}
-    paths = [p for p, _ in test]
-    for _ in range(args.repeat):  # alternating, so a change in the machine's load hits every backend alike
-        for name, backend in backends.items():
-            rates[name].append(forward_rate(backend, batches))
-            start = time.perf_counter()
-            for _ in iter_predictions(backend, paths, batch_size=args.batch_size, progress=False):
-                pass
-            pipe[name].append(len(paths) / (time.perf_counter() - start))
-    base = statistics.median(rates["torchscript"])
-    for name in backends:
-        forward, pipeline = statistics.median(rates[name]), statistics.median(pipe[name])
-        rows[name].update(forward_photos_s=round(forward, 1), vs_torchscript=f"{forward / base:.2f}x",
-                          pipeline_photos_s=round(pipeline, 1), pipeline_vs_forward=f"{pipeline / forward:.2f}x")
-    table = format_table(list(rows.values()), [
+        quantize_int8(model.with_suffix(".onnx"), model.with_suffix(".int8.onnx"),
+                      [decode_for_batch(p, size, crop) for p, _ in calib_paths])
+        print(f"quantised to {model.with_suffix('.int8.onnx')} in {time.perf_counter() - start:.0f} s")
+        names.append("onnx-int8")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(args.rounds):  # alternating processes: a change in the machine's load hits every backend alike
+        for name in names:
+            cmd = [sys.executable, __file__, "--only", name, "--model", str(model), "--data-dir", str(data),
+                   "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--repeat", str(args.repeat)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(out.split("RESULT ", 1)[1]))
+            print(name, runs[name][-1]["forward"], runs[name][-1]["pipeline"], flush=True)
+    files = {"torchscript": model, "onnx": model.with_suffix(".onnx"), "onnx-int8": model.with_suffix(".int8.onnx")}
+    rows = []
+    base = statistics.median([r for run in runs["torchscript"] for r in run["forward"]])
+    for name in names:
+        forward = statistics.median([r for run in runs[name] for r in run["forward"]])
+        pipeline = statistics.median([r for run in runs[name] for r in run["pipeline"]])
+        first = runs[name][0]
+        rows.append({"backend": name, "forward_photos_s": round(forward, 1), "vs_torchscript": f"{forward / base:.2f}x",
+                     "top1": f"{first['hits'] / first['photos']:.1%}", "hits": first["hits"],
+                     "pipeline_photos_s": round(pipeline, 1), "pipeline_vs_forward": f"{pipeline / forward:.2f}x",
+                     "file_mb": round(os.path.getsize(files[name]) / 2**20, 1)})
+    photos = runs["onnx"][0]["photos"]
+    table = format_table(rows, [
         ("backend", "backend"), ("forward_photos_s", f"forward alone, photos/s (batch {args.batch_size})"),
-        ("vs_torchscript", "vs TorchScript"), ("top1", f"top-1 ({len(test)} test photos)"),
+        ("vs_torchscript", "vs TorchScript"), ("top1", f"top-1 ({photos} test photos)"),
         ("pipeline_photos_s", "tag pipeline, photos/s"), ("pipeline_vs_forward", "pipeline / forward alone"),
         ("file_mb", "file MB")])
-    save_results(args.name, "bench_backends.py", argv, list(rows.values()), table, model=str(model),
-                 threads=args.threads, batch_size=args.batch_size, photos=len(test), repeat=args.repeat,
-                 load_before=load_before, load_after=os.getloadavg()[0], raw_forward=rates, raw_pipeline=pipe)
+    save_results(args.name, "bench_backends.py", argv, rows, table, model=str(model), threads=args.threads,
+                 batch_size=args.batch_size, photos=photos, rounds=args.rounds, repeat=args.repeat,
+                 load_before=load_before, load_after=os.getloadavg()[0], raw=runs)
     return 0
 
 

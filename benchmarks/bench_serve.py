@@ -162,6 +162,33 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def server_histogram(url: str) -> dict[float, float]:
+    """The service's own latency histogram for /v1/recognize (cumulative counts by upper bound, seconds): time
+    from the parsed upload to the answer, without the client's or the connection's share."""
+    import re
+
+    import httpx
+
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    pattern = r'^landmark_request_seconds_bucket\{endpoint="/v1/recognize",le="([^"]+)"\} ([0-9.e+]+)$'
+    return {float(le): float(n) for le, n in re.findall(pattern, text, re.M)}
+
+
+def histogram_quantile(before: dict, after: dict, q: float) -> str:
+    """The upper bound of the bucket holding quantile ``q`` of the requests between two snapshots."""
+    counts = {le: after.get(le, 0) - before.get(le, 0) for le in after}
+    total = counts.get(float("inf"), 0)
+    if not total:
+        return ""
+    for le in sorted(counts):
+        if counts[le] >= q * total:
+            return f"<= {le:g} s" if le != float("inf") else "> 30 s"
+    return ""
+
+
 def model_only_rate(model: str, backend: str, photos: list[tuple[str, bytes]], batch: int, threads: int) -> float:
     import torch
 
@@ -230,12 +257,19 @@ def main(argv=None) -> int:
             url = f"http://127.0.0.1:{port}"
             asyncio.run(load(url, photos, 4, 40, args.timeout))  # warm-up
             for n, count in zip(clients, counts):
+                before = server_histogram(url)
                 result = asyncio.run(load(url, photos, n, count, args.timeout))
+                after = server_histogram(url)
+                result["server_p99"] = histogram_quantile(before, after, 0.99)
+                result["load"] = round(os.getloadavg()[0], 1)
                 result.update(server=name, of_ceiling=f"{result['rps'] / ceiling:.2f}")
                 rows.append(result)
                 print(name, result, flush=True)
             if name == "service" and args.long:
+                before = server_histogram(url)
                 result = asyncio.run(load(url, photos, args.long_clients, args.long, args.timeout))
+                result["server_p99"] = histogram_quantile(before, server_histogram(url), 0.99)
+                result["load"] = round(os.getloadavg()[0], 1)
                 result.update(server="service (long run)", of_ceiling=f"{result['rps'] / ceiling:.2f}")
                 rows.append(result)
                 print(result, flush=True)
@@ -252,11 +286,11 @@ def main(argv=None) -> int:
             by[("service", n)]["vs_naive"] = f"{by[('service', n)]['rps'] / by[('naive', n)]['rps']:.2f}x"
     table = format_table(rows, [("server", "server"), ("clients", "clients"), ("requests", "requests"),
                                 ("rps", "requests/s"), ("vs_naive", "vs naive"), ("of_ceiling", "of model-only"),
-                                ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("n503", "503s"),
-                                ("errors", "errors"), ("peak_rss_mb", "peak RSS MB")])
+                                ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("server_p99", "in-server p99"), ("n503", "503s"),
+                                ("errors", "errors"), ("peak_rss_mb", "peak RSS MB"), ("load", "load avg")])
     save_results(args.name, "bench_serve.py", argv, rows, table, model=args.model, backend=args.backend,
                  model_only_photos_s=round(ceiling, 1), max_batch=args.max_batch, threads=args.threads,
-                 memory=memory, load_before=load_before, photos=len(photos))
+                 memory=memory, load_before=load_before, load_after=os.getloadavg(), photos=len(photos))
     return 0
 
 
