@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import hmac
 import io
+import itertools
 import json
 import logging
 import math
@@ -147,9 +148,11 @@ class _Job:
     key: tuple = ()                         # (k, min_prob): the decision's settings for this photo
     gps: tuple | None = None                # the photo's own EXIF position
     call: Callable[[], Any] | None = None   # a task for the model thread (enrol, remove, warm-up)
+    request: int = 0                        # which request it belongs to
 
 
 _STOP = object()
+_request_ids = itertools.count(1)
 
 
 class Batcher:
@@ -157,12 +160,17 @@ class Batcher:
     ``max_batch`` (waiting at most ``max_wait_s`` after the first for more while the model is idle; photos that
     piled up during a forward pass go into the next one at once), whatever each request's ``k`` and ``min_prob``
     (they only change the decision, made per photo after the forward pass). Futures cancelled meanwhile (a
-    request that timed out) are skipped. Other calls on the model (adding a landmark) run on the same thread, between batches,
-    so the recognizer never sees two threads."""
+    request that timed out) are skipped. Other calls on the model (adding a landmark) run on the same thread,
+    between batches, so the recognizer never sees two threads.
+
+    ``expecting(requests)``: whether photos of other requests than ``requests`` (the ids queued) may still come;
+    when it says no (a lone client), the model does not wait at all."""
 
     def __init__(self, recognizer, max_batch: int = 8, max_wait_s: float = 0.005,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None,
+                 expecting: Callable[[set], bool] | None = None):
         self.recognizer = recognizer
+        self.expecting = expecting
         self.max_batch = max(1, int(max_batch))
         self.max_wait_s = max(0.0, float(max_wait_s))
         self.on_batch = on_batch
@@ -174,9 +182,10 @@ class Batcher:
     def queued(self) -> int:
         return self._queue.qsize() + len(self._pending)
 
-    def submit(self, image: torch.Tensor, name: str, k: int, min_prob: float | None, gps=None) -> Future:
+    def submit(self, image: torch.Tensor, name: str, k: int, min_prob: float | None, gps=None,
+               request: int = 0) -> Future:
         future: Future = Future()
-        self._queue.put(_Job(future, image, name, (int(k), min_prob), gps))
+        self._queue.put(_Job(future, image, name, (int(k), min_prob), gps, request=request))
         return future
 
     def call(self, fn: Callable[[], Any]) -> Future:
@@ -218,7 +227,10 @@ class Batcher:
                 photos = sum(1 for j in self._pending if j.call is None)
                 if photos >= self.max_batch:
                     break
-                job = self._next(deadline - time.monotonic())
+                wait = deadline - time.monotonic()
+                if self.expecting is not None and not self.expecting({j.request for j in self._pending}):
+                    wait = 0.0  # no other request is inside: nothing to wait for
+                job = self._next(wait)
                 if job is None:
                     break
                 if job is _STOP:
@@ -461,7 +473,8 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
             rec = await loop.run_in_executor(None, lambda: load_recognizer(model, device, backend, settings.min_prob))
         state.recognizer = rec
         state.decoder = ThreadPoolExecutor(max_workers=max(1, settings.decode_threads), thread_name_prefix="decode")
-        state.batcher = Batcher(rec, settings.max_batch, settings.max_wait_ms / 1000.0, state.metrics.on_batch)
+        state.batcher = Batcher(rec, settings.max_batch, settings.max_wait_ms / 1000.0, state.metrics.on_batch,
+                                expecting=lambda requests: state.active > len(requests))
         size = int(rec.resize_size)
         for n in (1, settings.max_batch, 1):  # the first calls of an optimised TorchScript module are slow
             blank = torch.zeros(3, size, size, dtype=torch.uint8)
@@ -564,7 +577,8 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
         size, crop = int(rec.resize_size), int(rec.img_size)
         threshold = settings.min_prob if min_prob is None else min_prob
         decoded = await asyncio.gather(*(decode(p, size, crop) for p in photos))
-        futures = [asyncio.wrap_future(state.batcher.submit(image, p.filename or "photo", k, threshold, gps))
+        request = next(_request_ids)
+        futures = [asyncio.wrap_future(state.batcher.submit(image, p.filename or "photo", k, threshold, gps, request))
                    if image is not None else None for p, (image, _, gps) in zip(photos, decoded)]
         state.metrics.queue_length.set(state.batcher.queued())
         try:
@@ -598,7 +612,8 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
     async def add_landmark(name: str = Form(..., min_length=1, max_length=200),
                            photos: list[UploadFile] = File(..., description="example photos of the landmark"),
                            city: str | None = Form(None), country: str | None = Form(None),
-                           lat: float | None = Form(None, ge=-90, le=90), lon: float | None = Form(None, ge=-180, le=180)):
+                           lat: float | None = Form(None, ge=-90, le=90),
+                           lon: float | None = Form(None, ge=-180, le=180)):
         rec = state.recognizer
         if not callable(getattr(rec, "enroll", None)):
             raise HTTPException(501, "this model cannot learn landmarks (no landmark index beside it)")
@@ -693,7 +708,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     add_backend_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
-    parser.add_argument("--max-batch", type=int, default=d.max_batch, help="photos per forward pass (default %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=d.max_batch,
+                        help="photos per forward pass (default %(default)s)")
     parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                         help="how long an idle model waits for more photos (default %(default)s ms)")
     parser.add_argument("--max-requests", type=int, default=d.max_requests,
