@@ -94,6 +94,49 @@ def measure_one(args) -> dict:
     return {"hits": int(hits), "photos": len(test), "forward": forward, "pipeline": pipeline}
 
 
+def micro(args) -> int:
+    """``--micro``: what the docs' explanations rest on, in one process: ONNX Runtime's forward rate by batch size,
+    decoding alone (one thread), and PyTorch's against NumPy's copy of a photo-sized uint8 tensor and of a batch."""
+    import numpy as np
+
+    torch.set_num_threads(args.threads)
+    model = Path(args.model)
+    backend = OnnxBackend(model.with_suffix(".onnx"), threads=args.threads)
+    paths = [p for p, _ in labelled(Path(args.data_dir) / "test")]
+    start = time.perf_counter()
+    images = [decode_for_batch(p, backend.resize_size, backend.img_size) for p in paths]
+    decode_rate = len(paths) / (time.perf_counter() - start)
+    sizes = (1, 2, 4, 8, 16)
+    rates: dict[int, list[float]] = {b: [] for b in sizes}
+    for _ in range(3):
+        for b in sizes:
+            batches = [torch.stack(images[i:i + b]) for i in range(0, 96, b)]
+            backend(batches[0])
+            rates[b].append(forward_rate(backend, batches))
+
+    def ms(fn, n: int = 100) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return 1000 * (time.perf_counter() - start) / n
+
+    hwc = np.ascontiguousarray(images[0].numpy().transpose(1, 2, 0))
+    eight = images[:8]
+    copies = {"torch permute().contiguous() of a photo":
+              ms(lambda: torch.from_numpy(hwc).permute(2, 0, 1).contiguous()),
+              "numpy transpose copy of a photo": ms(lambda: np.ascontiguousarray(hwc.transpose(2, 0, 1))),
+              "torch.stack of 8 photos": ms(lambda: torch.stack(eight)),
+              "numpy stack of 8 photos": ms(lambda: np.stack([x.numpy() for x in eight]))}
+    rows = [{"batch": b, "photos_s": round(statistics.median(rates[b]), 1)} for b in sizes]
+    table = format_table(rows, [("batch", "batch size"), ("photos_s", "ONNX Runtime forward, photos/s")])
+    table += f"\n\ndecoding alone (decode_for_batch, one thread): {decode_rate:.0f} photos/s\n"
+    table += "\n".join(f"{name}: {value:.2f} ms" for name, value in copies.items())
+    save_results(args.name, "bench_backends.py", None, rows, table, model=str(model), threads=args.threads,
+                 decode_photos_s=round(decode_rate, 1), copies_ms={k: round(v, 3) for k, v in copies.items()},
+                 raw=rates, load=os.getloadavg()[0])
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="runs/serve_bench/transfer_exported.pt")
@@ -105,8 +148,12 @@ def main(argv=None) -> int:
     parser.add_argument("--calib", type=int, default=64, help="training photos for int8 calibration")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--name", default="bench_backends")
+    parser.add_argument("--micro", action="store_true",
+                        help="only: ONNX forward by batch size, decoding alone, torch vs NumPy copies")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.micro:
+        return micro(args)
     if args.only:
         print("RESULT " + json.dumps(measure_one(args)))
         return 0
