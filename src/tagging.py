@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .backends import resolve_device
 from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir
 from .images import is_candidate_image
-from .metadata import MetadataError, read_exif_gps, sidecar_paths, update_metadata
+from .metadata import MetadataError, check_exiftool, read_exif_gps, update_metadata
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
 from .predict import add_model_arguments
 from .recognizer import Recognizer
@@ -263,7 +263,8 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
 
     def apply_metadata(photo: Path, row: dict, earlier: str) -> None:
         """Our metadata follows the decision: where asked now, or where an earlier run wrote it."""
-        wanted = targets or earlier
+        parts = set(f"{targets}+{earlier}".split("+"))
+        wanted = "+".join(t for t in ("sidecar", "photo") if t in parts)
         if not wanted:
             return
         try:
@@ -276,10 +277,12 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
         summary.metadata[word] = summary.metadata.get(word, 0) + 1
         row["metadata"] = wanted
 
-    if sidecar:  # photos decided earlier without --sidecar get theirs now (no prediction needed)
+    if targets:  # photos decided earlier without these flags get their metadata now (no prediction needed)
+        check_exiftool()  # one line now, not one error per photo
         for p in photos:
             row = rows.get(relative[p])
-            if relative[p] in done and row["status"] == "ok" and not sidecar_paths(p):
+            written = set((row or {}).get("metadata", "").split("+")) - {""}
+            if relative[p] in done and row["status"] == "ok" and not set(targets.split("+")) <= written:
                 apply_metadata(p, row, row.get("metadata", ""))
     journal = Journal(journal_path(out)) if todo else None
     try:

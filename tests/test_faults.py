@@ -405,7 +405,8 @@ def test_corpus_through_the_app_upload_handler(name, loaded_model):
             assert result["error"] is None, result["error"]
             assert [e["class_name"] for e in result["top"]] != [] and len(result["top"]) == 3
             probs = [e["prob"] for e in result["top"]]
-            assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+            # calibrated confidences, one per landmark (they need not sum to 1)
+            assert probs == sorted(probs, reverse=True) and all(0.0 <= p <= 1.0 for p in probs)
             assert result["image"].mode == "RGB" and result["image"].size == expected_model_size(
                 sample, int(loaded_model.resize_size))
         else:

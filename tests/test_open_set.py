@@ -395,3 +395,22 @@ def test_the_app_adds_a_landmark_from_a_few_photos_and_then_recognises_it(calibr
     app.new_name.value = ""
     app._on_add()
     assert "give the landmark a name" in app.enroll_status.value
+
+
+@pytest.mark.skipif(not __import__("shutil").which("exiftool"), reason="exiftool not installed")
+def test_photos_tagged_earlier_get_metadata_when_asked_later_even_beside_another_programs_sidecar(calibrated, tmp_path,
+                                                                                                 capsys):
+    from test_metadata import DARKTABLE_SIDECAR
+
+    photos = tmp_path / "library"
+    photos.mkdir()
+    make_photo(photos / "landmark.jpg", 0, 400)
+    (photos / "landmark.jpg.xmp").write_text(DARKTABLE_SIDECAR, encoding="utf-8")
+    out, model = tmp_path / "tags.csv", str(calibrated["model"])
+    assert cli(["tag", str(photos), "--model", model, "--out", str(out)]) == 0
+    assert "Landmark A" not in (photos / "landmark.jpg.xmp").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert cli(["tag", str(photos), "--model", model, "--out", str(out), "--sidecar"]) == 0
+    text = (photos / "landmark.jpg.xmp").read_text(encoding="utf-8")
+    assert "Landmark A" in text and "darktable:history" in text  # ours merged in, theirs kept
+    assert "1 of 1 photos already tagged" in capsys.readouterr().out
