@@ -408,3 +408,31 @@ def test_serve_command_finishes_requests_in_flight_on_sigterm(model, tmp_path):
             proc.wait()
     output = proc.stdout.read().decode()
     assert "Uvicorn running" in output and "Finished server process" in output
+
+
+def test_adding_and_removing_a_landmark_through_the_api(tmp_path):
+    """With a landmark index beside the model, the right token adds a landmark the next answers can give, and
+    removes it again; the index file beside the model is what changes."""
+    from src.calibrate import calibrate_model
+
+    data = make_dataset(tmp_path / "data", n_train=4, n_test=1)
+    model = export_pair(tmp_path / "model")
+    index_path, _ = calibrate_model(model, data, negatives=None, progress=False)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    new_photos = [("photos", (f"new{i}.png", encode(photo((64, 48), seed=100 + i), "PNG"))) for i in range(3)]
+    with running(create_app(model, ServeSettings(), token=TOKEN)) as url:
+        before = index_path.read_bytes()
+        response = httpx.post(url + "/v1/landmarks", headers=auth, files=new_photos,
+                              data={"name": "Garden Gnome", "city": "Testville", "country": "Nowhere", "lat": "10.5",
+                                    "lon": "-20.25"})
+        assert response.status_code == 201, response.text
+        added = response.json()
+        assert added["references"] == 3 and added["city"] == "Testville"
+        names = [entry["name"] for entry in httpx.get(url + "/v1/landmarks").json()["landmarks"]]
+        assert "Garden Gnome" in names and index_path.read_bytes() != before
+        bad = httpx.post(url + "/v1/landmarks", headers=auth, data={"name": "Broken"},
+                         files=[("photos", ("text.jpg", b"not a photo"))])
+        assert bad.status_code == 422 and "text.jpg" in bad.json()["detail"]
+        assert httpx.delete(url + "/v1/landmarks/Garden Gnome", headers=auth).status_code == 200
+        assert "Garden Gnome" not in [e["name"] for e in httpx.get(url + "/v1/landmarks").json()["landmarks"]]
+        assert httpx.delete(url + "/v1/landmarks/Garden Gnome", headers=auth).status_code == 404
