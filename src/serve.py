@@ -291,6 +291,9 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.forward_seconds = Histogram("landmark_forward_seconds", "Time of one batched forward pass",
                                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry)
+        self.admitted_seconds = Histogram("landmark_admitted_request_seconds",
+                                          "Time of a request let in, from its headers to its answer (upload included)",
+                                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=self.registry)
         self.queue_length = Gauge("landmark_queue_length", "Photos waiting for the model", registry=self.registry)
         self.in_flight = Gauge("landmark_requests_in_flight", "Requests inside the service", registry=self.registry)
 
@@ -384,6 +387,7 @@ class LimitsMiddleware:
 
         state.active += 1
         state.metrics.in_flight.set(state.active)
+        entered = time.perf_counter()
         try:
             await asyncio.wait_for(self.app(scope, counted_receive, guarded_send), settings.timeout_s)
         except _BodyTooLarge:
@@ -398,6 +402,7 @@ class LimitsMiddleware:
         finally:
             state.active -= 1
             state.metrics.in_flight.set(state.active)
+            state.metrics.admitted_seconds.observe(time.perf_counter() - entered)
         if too_large and not started:
             state.metrics.errors.labels("too_large").inc()
             state.metrics.requests.labels(path, "413").inc()
