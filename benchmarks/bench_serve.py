@@ -166,7 +166,8 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def server_histogram(url: str) -> dict[float, float]:
+def server_histogram(url: str, metric: str = "landmark_request_seconds",
+                     labels: str = 'endpoint="/v1/recognize",') -> dict[float, float]:
     """The service's own latency histogram for /v1/recognize (cumulative counts by upper bound, seconds): time
     from the parsed upload to the answer, without the client's or the connection's share."""
     import re
@@ -177,7 +178,7 @@ def server_histogram(url: str) -> dict[float, float]:
         text = httpx.get(url + "/metrics", timeout=10).text
     except httpx.HTTPError:
         return {}
-    pattern = r'^landmark_request_seconds_bucket\{endpoint="/v1/recognize",le="([^"]+)"\} ([0-9.e+]+)$'
+    pattern = rf'^{metric}_bucket\{{{re.escape(labels)}le="([^"]+)"\}} ([0-9.e+]+)$'
     return {float(le): float(n) for le, n in re.findall(pattern, text, re.M)}
 
 
@@ -262,9 +263,12 @@ def main(argv=None) -> int:
             asyncio.run(load(url, photos, 4, 40, args.timeout))  # warm-up
             for n, count in zip(clients, counts):
                 before = server_histogram(url)
+                before_all = server_histogram(url, "landmark_admitted_request_seconds", "")
                 result = asyncio.run(load(url, photos, n, count, args.timeout))
                 after = server_histogram(url)
                 result["server_p99"] = histogram_quantile(before, after, 0.99)
+                result["admitted_p99"] = histogram_quantile(
+                    before_all, server_histogram(url, "landmark_admitted_request_seconds", ""), 0.99)
                 result["load"] = round(os.getloadavg()[0], 1)
                 result.update(server=name, of_ceiling=f"{result['rps'] / ceiling:.2f}")
                 rows.append(result)
@@ -291,7 +295,7 @@ def main(argv=None) -> int:
     table = format_table(rows, [("server", "server"), ("clients", "clients"), ("requests", "requests"),
                                 ("rps", "requests/s"), ("vs_naive", "vs naive"), ("of_ceiling", "of model-only"),
                                 ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"),
-                                ("server_p99", "in-server p99"), ("n503", "503s"),
+                                ("server_p99", "in-server p99"), ("admitted_p99", "let-in p99"), ("n503", "503s"),
                                 ("errors", "errors"), ("peak_rss_mb", "peak RSS MB"), ("load", "load avg")])
     save_results(args.name, "bench_serve.py", argv, rows, table, model=args.model, backend=args.backend,
                  model_only_photos_s=round(ceiling, 1), max_batch=args.max_batch, threads=args.threads,
