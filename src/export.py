@@ -1,5 +1,6 @@
 """``python -m src export``: a training checkpoint (or several: their ensemble) -> one self-contained TorchScript
-file and the ONNX file beside it (unless ``--no-onnx``), then its landmark index and calibrated threshold beside it (``src.calibrate``).
+file and the ONNX file beside it (unless ``--no-onnx``), then its landmark index and calibrated threshold beside
+it (``src.calibrate``).
 
 Export does not need the training engine: checkpoints are read by ``src.checkpoint``.
 """
