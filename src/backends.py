@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .predictor import PREDICTOR_METHODS, ExportedModelError, file_sha256, load_exported
+from .helpers import get_device
 
 
 class TorchScriptBackend:
@@ -47,8 +48,6 @@ class TorchScriptBackend:
 
 def resolve_device(name: str | None) -> torch.device:
     """``"auto"`` -> the best available device (``src.helpers.get_device``); anything else as given."""
-    from .helpers import get_device
-
     return get_device(None if name in (None, "auto") else name)
 
 

@@ -255,6 +255,10 @@ class LandmarkIndex:
             raise LandmarkIndexError(f"{path}: damaged landmark index ({exc})") from None
         if len(index) and (index.labels.min() < 0 or index.labels.max() >= len(index.classes)):
             raise LandmarkIndexError(f"{path}: damaged landmark index (a reference of a class it does not list)")
+        weights = (index.calibration.get("confidence") or {}).get("weights")
+        if weights is not None and len(weights) != 2:  # the two features of src.openset.score_features
+            raise LandmarkIndexError(f"{path}: calibrated by an older version of this tool; rebuild it with python -m "
+                                     f"src calibrate")
         if len(index) and index.embeddings.shape[1] != index.dim:
             raise LandmarkIndexError(f"{path}: damaged landmark index (embeddings of {index.embeddings.shape[1]} "
                                      f"values, model gives {index.dim})")
