@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .predictor import PREDICTOR_METHODS, ExportedModelError, file_sha256, load_exported
-from .helpers import get_device
+from .predictor import PREDICTOR_METHODS, ExportedModelError, load_exported
+from .helpers import file_sha256, get_device
 
 
 class TorchScriptBackend:

@@ -13,16 +13,15 @@ from typing import Sequence
 
 from .calibrate import add_calibration_arguments, calibrate_model, describe_calibration, negatives_from_args
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
-from .helpers import ensure_writable_dir
+from .helpers import ensure_writable_dir, file_sha256
+from .onnx_export import export_onnx
 from .predictor import (
     SCRATCH_EXPORT_NAME,
     TRANSFER_EXPORT_NAME,
     Ensemble,
     Predictor,
     default_export_path,
-    export_onnx,
     export_torchscript,
-    file_sha256,
     make_predictor,
 )
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import errno
 import io
 import json
@@ -177,3 +178,12 @@ def in_notebook() -> bool:
 def is_quick_mode() -> bool:
     """``LANDMARK_QUICK=1`` runs notebooks on a tiny data set for one epoch (the test suite uses it)."""
     return os.environ.get("LANDMARK_QUICK", "") not in ("", "0", "false", "False")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -15,7 +15,6 @@ Without an index file (a model exported before this change), the classifier's ra
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .backends import as_backend, load_backend
+from .helpers import file_sha256
 from .index import LandmarkIndex, LandmarkIndexError, index_path_for, probe_images
 from .landmarks import NO_LANDMARK, display_name, landmark_info
 from .openset import FALLBACK_MIN_PROB, confidence, score_features
@@ -35,14 +35,6 @@ RECORD_KEYS = ("path", "status", "landmark", "class", "prob", "city", "country",
                "top_k", "error", "threshold", "method")
 STATUSES = ("ok", "no_known_landmark", "error")
 LOCATION_KEYS = ("name", "city", "country", "lat", "lon")
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(backend) -> dict:

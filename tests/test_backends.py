@@ -15,7 +15,8 @@ from src.backends import (DEFAULT_BACKEND, ExportedModelError, OnnxBackend, Torc
 from src.export import export_onnx, export_torchscript
 from src.model import create_model
 from src.pipeline import decode_for_batch, iter_predictions
-from src.predictor import Ensemble, EmbeddingPredictor, file_sha256, make_predictor
+from src.helpers import file_sha256
+from src.predictor import EmbeddingPredictor, Ensemble, make_predictor
 from src.transfer import TransferModel
 
 pytest.importorskip("onnxruntime")

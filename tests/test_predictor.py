@@ -15,7 +15,8 @@ from src.data import get_transforms
 from src.helpers import quiet_torchscript
 from src.evaluation import (confusion_matrix, per_class_accuracy, plot_confusion_matrix, plot_per_class_accuracy,
                             predictor_test)
-from src.predictor import (ExportedModelError, ExportError, Predictor, check_inputs, default_export_path, export_onnx,
+from src.onnx_export import export_onnx
+from src.predictor import (ExportedModelError, ExportError, Predictor, check_inputs, default_export_path,
                            export_torchscript, load_exported, load_image_tensor, predict_landmarks, suggest_locations,
                            suggestion_question)
 

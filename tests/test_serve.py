@@ -27,7 +27,8 @@ from bad_inputs import BAD, CORPUS, GOOD_PHOTO, encode, photo
 from conftest import make_dataset
 from src.__main__ import main as cli
 from src.export import export_onnx, export_torchscript
-from src.predictor import file_sha256, make_predictor
+from src.helpers import file_sha256
+from src.predictor import make_predictor
 from src.serve import ServeSettings, create_app, read_token
 from src.transfer import TransferModel
 
