@@ -115,7 +115,7 @@ def classify_in_browser(chromium: str, url: str, files: list[Path], screenshot: 
 
             # ipywidgets 8 hides the <input type=file>; its button opens the chooser.
             with page.expect_file_chooser(timeout=10_000) as chooser:
-                page.locator("button.widget-upload").click()
+                page.locator("button.widget-upload", has_text="Choose photos").click()
             chooser.value.set_files([str(f) for f in files])
             n = len(files)
             expect(page.get_by_text(f"{n} photo{'s' if n != 1 else ''} chosen")).to_be_visible(timeout=20_000)

@@ -50,6 +50,7 @@ from src.helpers import PROJECT_ROOT, atomic_torch_save
 from src.images import MAX_ASPECT_RATIO
 from src.model import MyModel
 from src.predictor import resized_shape
+from src.tagging import CSV_COLUMNS as TAG_CSV_COLUMNS
 
 RESULTS_FILE = PROJECT_ROOT / "benchmarks" / "results" / "faults_counts.json"
 TINY = ["--arch", "scratch", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--widths", "8,16,16,16",
@@ -824,7 +825,7 @@ def _journal_rows(journal: Path) -> dict[str, str]:
     rows = {}
     for line in text.splitlines()[1:]:
         fields = next(csv.reader([line]))
-        if len(fields) == 13:
+        if len(fields) == len(TAG_CSV_COLUMNS):
             assert fields[0] not in rows, f"{fields[0]} twice in the journal"
             rows[fields[0]] = line
     return rows
