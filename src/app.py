@@ -19,7 +19,7 @@ from .helpers import CHECKPOINTS_DIR, PROJECT_ROOT
 from .images import ImageLoadError
 from .landmarks import NO_LANDMARK, format_latlon
 from .predictor import SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, load_image_tensor, prepare_for_batch
-from .recognizer import Recognizer
+from .recognizer import Recognizer, as_recognizer
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ def load_model(path: str | os.PathLike) -> Recognizer:
     if not model.classes():
         raise ModelLoadError(f"{path}: the model knows no landmarks; export it with `python -m src export`")
     return model
-
-
-def as_recognizer(model) -> Recognizer:
-    return model if isinstance(model, Recognizer) else Recognizer(model)
 
 
 def map_link(lat: float, lon: float, zoom: int = 12) -> str:

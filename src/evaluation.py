@@ -16,15 +16,11 @@ import numpy as np
 
 from .data import class_display_name, resolve_data_dir, scan_split
 from .helpers import atomic_write_json
-from .landmarks import display_name
+from .landmarks import bare_name, display_name
 from .openset import confidence, open_set_summary, split_negatives
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
 from .predict import add_model_arguments, load_recognizer
-from .recognizer import Recognizer
-
-
-def _bare(name: str) -> str:
-    return " ".join(class_display_name(name).replace("_", " ").split()).lower()
+from .recognizer import as_recognizer
 
 
 def match_class(label: str, classes: Sequence[str]) -> int | None:
@@ -32,19 +28,11 @@ def match_class(label: str, classes: Sequence[str]) -> int | None:
     name without its number; None when the model does not know it."""
     if label in classes:
         return list(classes).index(label)
-    wanted = _bare(label)
+    wanted = bare_name(label)
     for i, name in enumerate(classes):
-        if _bare(name) == wanted:
+        if bare_name(name) == wanted:
             return i
     return None
-
-
-def as_recognizer(model):
-    if isinstance(model, Recognizer):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        return Recognizer.load(model)
-    return Recognizer(model)
 
 
 def score_photos(model, samples: Sequence[tuple[str | os.PathLike, str | None]], k: int = 5,

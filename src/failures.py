@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from .app import ModelLoadError, as_recognizer, find_exported_model, load_model, no_model_message, percent
+from .app import ModelLoadError, find_exported_model, load_model, no_model_message, percent
+from .recognizer import as_recognizer
 from .data import DataNotFoundError, list_classes, resolve_data_dir, scan_split
 from .evaluation import match_class, score_photos
 from .helpers import is_quick_mode

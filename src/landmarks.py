@@ -24,7 +24,7 @@ def load_landmarks(path: str | None = None) -> dict[str, dict]:
         return json.load(fh)["landmarks"]
 
 
-def _bare(folder_name: str) -> str:
+def bare_name(folder_name: str) -> str:
     """``"09.Golden_Gate_Bridge"`` -> ``"golden gate bridge"``: the class without its number, for matching."""
     return re.sub(r"[\s_]+", " ", class_display_name(folder_name)).strip().lower()
 
@@ -33,7 +33,7 @@ def _bare(folder_name: str) -> str:
 def _by_bare_name() -> dict[str, dict]:
     table: dict[str, dict] = {}
     for key, info in load_landmarks().items():
-        table.setdefault(_bare(key), info)
+        table.setdefault(bare_name(key), info)
     return table
 
 
@@ -43,7 +43,7 @@ def landmark_info(folder_name: str) -> dict | None:
     Looked up by exact folder name first, then by the name without its number (so ``"Golden_Gate_Bridge"`` or a
     renumbered ``"03.Golden_Gate_Bridge"`` in a user's own data set still finds its place). Returns a copy.
     """
-    info = load_landmarks().get(folder_name) or _by_bare_name().get(_bare(folder_name))
+    info = load_landmarks().get(folder_name) or _by_bare_name().get(bare_name(folder_name))
     return dict(info) if info is not None else None
 
 

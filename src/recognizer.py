@@ -70,6 +70,16 @@ def class_info(key: str, locations: dict | None = None, source: str = "trained")
     return info
 
 
+def as_recognizer(model, device: str | torch.device = "cpu", backend: str = "auto") -> "Recognizer":
+    """``model`` as a :class:`Recognizer`: one as it is, a path loaded (with its index), a loaded exported module or
+    backend wrapped (no index)."""
+    if isinstance(model, Recognizer):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return Recognizer.load(model, device=device, backend=backend)
+    return Recognizer(model)
+
+
 class Recognizer:
     """An exported model, its landmark index and its default threshold; see the module docstring.
 

@@ -27,7 +27,7 @@ from .images import is_candidate_image
 from .metadata import MetadataError, check_exiftool, read_exif_gps, update_metadata
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
 from .predict import add_model_arguments
-from .recognizer import Recognizer
+from .recognizer import as_recognizer
 
 # --------------------------------------------------------------------------------------------------------------
 # tag: CSV rows, journal, resume
@@ -238,12 +238,7 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     ensure_writable_dir(out.parent)  # a read-only or mistyped --out fails before any work
-    if isinstance(model, Recognizer):
-        recognizer = model
-    elif isinstance(model, (str, os.PathLike)):
-        recognizer = Recognizer.load(model, device=resolve_device(device), backend=backend)
-    else:
-        recognizer = Recognizer(model)
+    recognizer = as_recognizer(model, device=resolve_device(device), backend=backend)
     decided_by = recognizer.decided_by(min_prob)
     provenance = recognizer.provenance(min_prob)
     started = time.perf_counter()
