@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -263,7 +263,9 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
 
     app = FastAPI(title="Landmark Tagger", version="1",
                   description="Recognise famous landmarks in photos and give their location. `POST /v1/recognize` "
-                              "with multipart parts named `photos`.", lifespan=lifespan)
+                              "with multipart parts named `photos`.", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # add_docs_pages serves them without a CDN
+    add_docs_pages(app)
     app.add_middleware(LimitsMiddleware, state=state)
     bearer = HTTPBearer(auto_error=False)
 
@@ -430,6 +432,38 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
 
     app.state.service = state
     return app
+
+
+DOCS_ASSETS = "/docs-assets"  # where the Swagger UI and Redoc files are served
+
+
+def add_docs_pages(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their JavaScript, CSS and icon served by the service itself instead
+    of FastAPI's default CDN, so both pages work on a machine without internet access. This is FastAPI's pattern
+    for self-hosting them (https://fastapi.tiangolo.com/how-to/custom-docs-ui-assets/); the files (Swagger UI 5,
+    Redoc 2) come with the fastapi-offline package. No OAuth2 redirect page: the API's only scheme is a bearer
+    token."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html  # noqa: PLC0415
+    from fastapi.staticfiles import StaticFiles  # noqa: PLC0415
+
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy that mounts the service below /
+        return get_swagger_ui_html(openapi_url=root + app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+                                   # nor does the page send the schema's address to swagger.io's validator
+                                   swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(openapi_url=root + app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 def _one_line(exc: BaseException) -> str:

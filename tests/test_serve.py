@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -372,6 +373,30 @@ def test_metrics_health_and_docs(server, photos):
     assert httpx.get(server + "/docs").status_code == 200
     paths = httpx.get(server + "/openapi.json").json()["paths"]
     assert {"/v1/recognize", "/v1/landmarks", "/v1/landmarks/{landmark}", "/healthz", "/metrics"} <= set(paths)
+
+
+def test_docs_pages_load_nothing_from_outside_the_service(server):
+    """/docs (Swagger UI) and /redoc take their JavaScript and CSS from the service, not a CDN: on an offline
+    machine a page whose scripts come from elsewhere is blank."""
+    for page, wanted in (("/docs", {".js": 500_000, ".css": 50_000}), ("/redoc", {".js": 500_000})):
+        response = httpx.get(server + page)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        html = response.text
+        outside = [url for url in re.findall(r"""https?://[^\s"'<>]+""", html) if not url.startswith(server + "/")]
+        assert not outside, f"{page} refers to addresses outside the service: {outside}"
+        refs = [urljoin(server + page, ref) for ref in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)]
+        assert all(ref.startswith(server + "/") for ref in refs), refs  # nor //host/... (scheme-relative)
+        for suffix, least in wanted.items():
+            assets = [ref for ref in refs if ref.endswith(suffix)]
+            assert assets, f"{page} refers to no {suffix} file: {refs}"
+            for asset in assets:
+                served = httpx.get(asset)
+                assert served.status_code == 200 and len(served.content) >= least, (asset, len(served.content))
+                kind = "javascript" if suffix == ".js" else "text/css"
+                assert kind in served.headers["content-type"], (asset, served.headers["content-type"])
+    assert '"validatorUrl": null' in httpx.get(server + "/docs").text  # nor a badge from swagger.io's validator
+    paths = httpx.get(server + "/openapi.json").json()["paths"]
+    assert not any(path.startswith(("/docs", "/redoc")) for path in paths)
 
 
 # ---- the command: starts with one command, finishes requests in flight on shutdown ------------------------------
