@@ -26,8 +26,10 @@ from .openset import (
     choose_threshold,
     confidence,
     fit_confidence,
+    shift_to_threshold,
     split_negatives,
     top_features,
+    without_class,
 )
 from .pipeline import iter_predictions
 from .recognizer import class_info, fingerprint
@@ -101,16 +103,21 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
     # The same photos as landmarks the model does not know: each scored with its own landmark left out. Photos of
     # unknown landmarks resemble known ones far more than everyday photos do; without these, the threshold would
     # give a wrong place to most of them.
-    held_out = known_scores.copy()
-    held_out[np.arange(len(ids)), labels[ids]] = -np.inf if retrieval else 0.0
-    if not retrieval:  # a classifier's probabilities without the true class, renormalised
-        held_out = held_out / np.maximum(held_out.sum(axis=1, keepdims=True), 1e-12)
-    held_out[np.isinf(held_out)] = -1.0
+    if retrieval:
+        held_out = known_scores.copy()
+        held_out[np.arange(len(ids)), labels[ids]] = -1.0
+    else:  # a classifier's probabilities without the true class, renormalised
+        held_out = without_class(known_scores, labels[ids])
+    # Retrieval: the classifier's probability of the retrieved landmark is a third feature (see top_features); for
+    # the held-out photos, the classifier's belief without their own landmark.
+    known_support = probs[ids].astype(np.float64) if retrieval else None
+    held_support = without_class(probs[ids], labels[ids]) if retrieval else None
+    features_used = ["score", "margin over the best other landmark"]
     calibration = {"method": "retrieval" if retrieval else "classifier", "max_false_rate": float(max_false_rate),
-                   "features": ["score", "margin over the best other landmark"],
+                   "features": features_used + (["the classifier's probability of that landmark"] if retrieval else []),
                    "known": int(len(ids)), "known_source": known_source, "data_dir": str(data.root),
                    "known_top1": float(known_right.mean()) if len(ids) else None}
-    negative_parts = [top_features(held_out)] if len(ids) and len(model_classes) > 1 else []
+    negative_parts = [top_features(held_out, held_support)] if len(ids) and len(model_classes) > 1 else []
     negatives = Path(negatives) if negatives is not None else None
     if negatives is not None:
         neg_paths = split_negatives(negatives)["calibrate"]
@@ -119,15 +126,17 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
         neg_probs, neg_embeddings, _ = run_model(backend, neg_paths, "Photos without landmarks", progress)
         neg_scores = index.class_scores(neg_embeddings, neighbours=len(index)) if retrieval \
             else neg_probs.astype(np.float64)
-        negative_parts.insert(0, top_features(neg_scores))
+        negative_parts.insert(0, top_features(neg_scores, neg_probs.astype(np.float64) if retrieval else None))
         calibration.update(negatives=int(len(neg_scores)), negatives_dir=str(negatives),
                            unknown_landmarks=int(len(ids)))
-    known_features = top_features(known_scores)
-    neg_features = np.concatenate(negative_parts) if negative_parts else np.zeros((0, 2))
+    known_features = top_features(known_scores, known_support)
+    neg_features = np.concatenate(negative_parts) if negative_parts else np.zeros((0, known_features.shape[1]))
     features = np.concatenate([known_features, neg_features])
     right = np.concatenate([known_right, np.zeros(len(neg_features), dtype=bool)]).astype(float)
     if 0 < right.sum() < len(right):
         calibration["confidence"] = fit_confidence(features, right)
+        if retrieval:  # enrolled landmarks have no classifier output: scored on the first two features alone
+            calibration["confidence_enrolled"] = fit_confidence(features[:, :2], right)
     n_everyday = calibration.get("negatives", 0)
     calibration["samples"] = {  # what the calibration saw, for plots (python -m src calibrate shows the figures)
         "known": np.round(np.c_[known_features, known_right], 4).tolist(),
@@ -137,6 +146,10 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
         conf_known = confidence(known_features, calibration["confidence"])
         conf_neg = confidence(neg_features, calibration["confidence"])
         threshold = choose_threshold(conf_neg, max_false_rate)
+        if retrieval:  # shifted so that the one threshold gives enrolled landmarks the same calibrated false rate
+            enrolled = calibration["confidence_enrolled"]
+            own = choose_threshold(confidence(neg_features[:, :2], enrolled), max_false_rate)
+            calibration["confidence_enrolled"] = shift_to_threshold(enrolled, own, threshold)
         calibration.update(threshold=threshold, measured_on_calibration={
             "known_tagged_right": float(np.mean((conf_known >= threshold) & known_right)),
             "negatives_given_landmark": float(np.mean(conf_neg[:n_everyday] >= threshold)),

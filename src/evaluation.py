@@ -196,10 +196,11 @@ def plot_open_set(recognizer):
     samples = cal.get("samples")
     if not samples or "confidence" not in cal:
         raise ValueError("this model has no calibration to plot (python -m src calibrate)")
-    known = np.asarray(samples["known"], dtype=np.float64).reshape(-1, 3)
-    everyday = np.asarray(samples["everyday"], dtype=np.float64).reshape(-1, 2)
-    unknown = np.asarray(samples["unknown_landmarks"], dtype=np.float64).reshape(-1, 2)
-    right = known[:, 2] > 0.5
+    n = len(cal["confidence"]["weights"])  # features per photo (the first is the similarity or probability)
+    known = np.asarray(samples["known"], dtype=np.float64).reshape(-1, n + 1)
+    everyday = np.asarray(samples["everyday"], dtype=np.float64).reshape(-1, n)
+    unknown = np.asarray(samples["unknown_landmarks"], dtype=np.float64).reshape(-1, n)
+    right = known[:, n] > 0.5
     fig, (left, right_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
     what = "similarity to the nearest landmark" if recognizer.method == "retrieval" else "top probability"
     bins = np.linspace(min(known[:, 0].min(), everyday[:, 0].min() if len(everyday) else 1,
@@ -214,7 +215,7 @@ def plot_open_set(recognizer):
     left.set_ylabel("share of photos (density)")
     left.set_title("How similar each photo is to its best landmark")
     left.legend(fontsize=8)
-    conf_known = confidence(known[:, :2], cal["confidence"])
+    conf_known = confidence(known[:, :n], cal["confidence"])
     conf_neg = confidence(np.concatenate([everyday, unknown]), cal["confidence"])
     grid = np.unique(np.concatenate([conf_known, conf_neg, [0.0, 1.0]]))
     tagged = [np.mean((conf_known >= t) & right) for t in grid]

@@ -256,7 +256,10 @@ class LandmarkIndex:
         if len(index) and (index.labels.min() < 0 or index.labels.max() >= len(index.classes)):
             raise LandmarkIndexError(f"{path}: damaged landmark index (a reference of a class it does not list)")
         weights = (index.calibration.get("confidence") or {}).get("weights")
-        if weights is not None and len(weights) != 2:  # the two features of src.openset.score_features
+        # score and margin (src.openset.score_features), and for retrieval the classifier's probability too
+        wanted = 3 if index.calibration.get("method") == "retrieval" else 2
+        if weights is not None and (len(weights) != wanted or (
+                wanted == 3 and "weights" not in (index.calibration.get("confidence_enrolled") or {}))):
             raise LandmarkIndexError(f"{path}: calibrated by an older version of this tool; rebuild it with python -m "
                                      f"src calibrate")
         if len(index) and index.embeddings.shape[1] != index.dim:

@@ -184,18 +184,38 @@ class Recognizer:
             return self.index.class_scores(embedding.numpy())
         return probs.numpy().astype(np.float64)
 
-    def confidences(self, scores: np.ndarray) -> np.ndarray:
+    def confidences(self, scores: np.ndarray, probs: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
         """Calibrated confidences ``[B, C]`` from raw scores: each class's score and its margin over the best other
-        class through the fitted logistic (:func:`src.openset.score_features`)."""
+        class (:func:`src.openset.score_features`), and for retrieval the classifier's probability of the class
+        (``probs``), through the fitted logistic. Enrolled landmarks, which the classifier does not know, go
+        through the calibration's two-feature model, set to the same threshold."""
         model = self.calibration.get("confidence")
         if not model:
             return np.clip(scores, 0.0, 1.0)
-        return confidence(score_features(scores).reshape(-1, 2), model).reshape(scores.shape)
+        feats = score_features(scores)
+        if len(model["weights"]) == 2:
+            return confidence(feats.reshape(-1, 2), model).reshape(scores.shape)
+        if probs is None:
+            raise ValueError("this model's calibration needs the classifier's probabilities as well")
+        probs = np.asarray(probs, dtype=np.float64)
+        column = {name: i for i, name in enumerate(self.backend.class_names)}
+        own = [(j, column[c["class"]]) for j, c in enumerate(self.classes())
+               if c.get("source", "trained") == "trained" and c["class"] in column]
+        conf = np.empty(scores.shape, dtype=np.float64)
+        if own:
+            j, i = (np.array(v) for v in zip(*own))
+            conf[:, j] = confidence(np.concatenate([feats[:, j], probs[:, i, None]], axis=-1).reshape(-1, 3),
+                                    model).reshape(len(scores), len(j))
+        rest = np.setdiff1d(np.arange(scores.shape[1]), [j for j, _ in own])
+        if len(rest):
+            conf[:, rest] = confidence(feats[:, rest].reshape(-1, 2), self.calibration["confidence_enrolled"]
+                                       ).reshape(len(scores), len(rest))
+        return conf
 
     def decide(self, probs: torch.Tensor, embedding: torch.Tensor | None, paths: Sequence[str], k: int = 5,
                min_prob: float | None = None, gps: Sequence | None = None) -> list[dict]:
         """Records for a batch of model outputs (``probs [B, C]``, ``embedding [B, D]`` or None)."""
-        conf = self.confidences(self.scores(probs, embedding))
+        conf = self.confidences(self.scores(probs, embedding), probs)
         classes = self.classes()
         threshold = self.min_prob if min_prob is None else float(min_prob)
         k = max(1, min(int(k), len(classes)))

@@ -217,6 +217,32 @@ def test_export_builds_a_calibrated_index_with_a_threshold_above_every_calibrati
     assert all(r["status"] == "no_known_landmark" and r["lat"] is None for r in records(recognizer, measure))
 
 
+def test_retrieval_confidence_uses_the_classifier_and_enrolled_landmarks_share_the_threshold(calibrated, tmp_path):
+    recognizer = Recognizer.load(calibrated["model"])
+    cal = recognizer.calibration
+    assert len(cal["confidence"]["weights"]) == 3 and len(cal["confidence_enrolled"]["weights"]) == 2
+    # the enrolled model lets through the same share of the calibration negatives at the one threshold
+    n = 3
+    negatives = np.concatenate([np.asarray(cal["samples"]["everyday"]).reshape(-1, n),
+                                np.asarray(cal["samples"]["unknown_landmarks"]).reshape(-1, n)])
+    given = np.mean(confidence(negatives[:, :2], cal["confidence_enrolled"]) >= recognizer.default_min_prob)
+    assert given <= cal["max_false_rate"] + 1e-9
+    # a retrieved landmark's confidence takes the classifier's probability of it as its third feature
+    scores, probs = np.array([[0.6, 0.5, 0.1]]), np.array([[0.3, 0.6, 0.1]])
+    got = recognizer.confidences(scores, probs)[0]
+    assert got[0] == pytest.approx(confidence(np.array([[0.6, 0.1, 0.3]]), cal["confidence"])[0])
+    assert got[1] == pytest.approx(confidence(np.array([[0.5, -0.1, 0.6]]), cal["confidence"])[0])
+    # an index calibrated before the third feature is refused in one line, with what to do
+    path = index_path_for(calibrated["model"])
+    old = LandmarkIndex.load(path)
+    old.calibration = dict(old.calibration, confidence=fit_confidence(np.array([[0.1, 0.0], [0.9, 0.5]]),
+                                                                      np.array([0.0, 1.0])))
+    old.calibration.pop("confidence_enrolled")
+    stale = old.save(tmp_path / "stale.index.npz")
+    with pytest.raises(LandmarkIndexError, match="older version.*python -m src calibrate"):
+        LandmarkIndex.load(stale)
+
+
 def records(recognizer, paths):
     from src.pipeline import decode_for_batch
 
