@@ -5,10 +5,14 @@ one run; then a long run (``--long`` requests, default 10,000) against the servi
     python benchmarks/bench_serve.py --model runs/serve_bench/transfer_exported.pt
 
 Both servers run as their own processes on 127.0.0.1 with the same model file, backend (``--backend``) and
-recognizer; the load generator is an ``httpx`` async client in this process (on the same 2 cores: its CPU time is
-taken from the servers', for both alike). Each client sends one real photo per request (the landmarks13 test
-photos, in turn) and sends its next request when answered (closed loop). The naive server is FastAPI with a
-plain ``def`` endpoint: each request decodes its photo and runs its own forward pass in Starlette's thread pool.
+recognizer; the load generator is an async client in this process (``--client``: aiohttp, the default, or httpx,
+whose async client needs over 20x the CPU per request and, at 128 clients, added seconds to the latencies it
+measured: docs/serve.md). It runs on the same cores: its CPU time is taken from the servers', for both alike, so
+each level also reports its CPU time and its event-loop lag (a starved load generator reads answers late). Each
+client sends one real photo per request (the landmarks13 test photos, in turn) and sends its next request when
+answered (closed loop; on a 503 it first waits Retry-After seconds; latencies of 200s only). The naive server is
+FastAPI with a plain ``def`` endpoint: each request decodes its photo and runs its own forward pass in Starlette's
+thread pool.
 
 Model-only throughput (the forward pass alone on decoded photos, batches of the service's ``--max-batch``) is
 the ceiling: the service's requests/s is reported as a fraction of it.
@@ -17,12 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import mimetypes
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from common import format_table, save_results
@@ -66,47 +74,115 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-async def load(url: str, photos: list[tuple[str, bytes]], clients: int, requests: int, timeout: float) -> dict:
+CLIENTS = ("aiohttp", "httpx")  # load generators (--client)
+
+
+@asynccontextmanager
+async def httpx_sender(url: str, clients: int, timeout: float):
+    """``post(name, data) -> (code, parsed 200 body or None, Retry-After or None, error line or None)`` with one
+    ``httpx.AsyncClient`` (connection pool of ``clients``)."""
     import httpx
 
-    latencies, codes, errors = [], {}, []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async def post(name: str, data: bytes):
+            try:
+                response = await client.post(url, files=[("photos", (name, data))])
+            except httpx.TimeoutException:
+                return "timeout", None, None, None
+            except httpx.HTTPError as exc:
+                return type(exc).__name__, None, None, f"{type(exc).__name__}: {exc}"
+            body = response.json() if response.status_code == 200 else None
+            return response.status_code, body, response.headers.get("Retry-After"), None
+
+        yield post
+
+
+@asynccontextmanager
+async def aiohttp_sender(url: str, clients: int, timeout: float):
+    """The same with one ``aiohttp.ClientSession`` (``clients`` connections; httpx's timeouts: ``timeout`` to get a
+    connection and between reads, none on the whole; the part's content type guessed from its name, as httpx
+    does; every body read whole, as httpx does, so connections are kept)."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=clients, limit_per_host=clients)
+    limits = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=limits) as session:
+        async def post(name: str, data: bytes):
+            form = aiohttp.FormData()
+            form.add_field("photos", data, filename=name,
+                           content_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+            try:
+                async with session.post(url, data=form) as response:
+                    raw = await response.read()
+                    body = json.loads(raw) if response.status == 200 else None
+                    return response.status, body, response.headers.get("Retry-After"), None
+            except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
+                return "timeout", None, None, None
+            except aiohttp.ClientError as exc:
+                return type(exc).__name__, None, None, f"{type(exc).__name__}: {exc}"
+
+        yield post
+
+
+async def loop_lag(lags: list[float], period: float = 0.01) -> None:
+    """Append how late the event loop wakes a coroutine that sleeps ``period`` (seconds), until cancelled: a
+    load generator short of CPU is late by as much in reading every answer, which its latencies then include."""
+    while True:
+        start = time.perf_counter()
+        await asyncio.sleep(period)
+        lags.append(time.perf_counter() - start - period)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # this process, all its threads
+    return usage.ru_utime + usage.ru_stime
+
+
+async def load(url: str, photos: list[tuple[str, bytes]], clients: int, requests: int, timeout: float,
+               client: str = "aiohttp") -> dict:
+    """``requests`` requests from ``clients`` closed-loop clients (each sends its next request when answered; on
+    a 503 it first waits ``Retry-After`` seconds); latency counted for 200s only. Also the load generator's own
+    CPU time and event-loop lag, to tell whether it was starved."""
+    sender = {"aiohttp": aiohttp_sender, "httpx": httpx_sender}[client]
+    latencies, lags, codes, errors = [], [], {}, []
     bad_records = 0
     counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with sender(url + "/v1/recognize", clients, timeout) as post:
         async def worker():
+            nonlocal bad_records
             for i in counter:
                 name, data = photos[i % len(photos)]
                 start = time.perf_counter()
-                try:
-                    response = await client.post(url + "/v1/recognize", files=[("photos", (name, data))])
-                    code = response.status_code
-                    if code == 200 and response.json()["results"][0]["status"] == "error":
-                        nonlocal bad_records
-                        bad_records += 1
-                        errors.append(response.json()["results"][0]["error"])
-                except httpx.TimeoutException:
-                    code = "timeout"
-                except httpx.HTTPError as exc:
-                    code = type(exc).__name__
-                    errors.append(f"{code}: {exc}")
+                code, body, retry_after, error = await post(name, data)
                 elapsed = time.perf_counter() - start
+                if error:
+                    errors.append(error)
+                if code == 200 and body["results"][0]["status"] == "error":
+                    bad_records += 1
+                    errors.append(body["results"][0]["error"])
                 codes[code] = codes.get(code, 0) + 1
                 if code == 200:
                     latencies.append(elapsed)
                 elif code == 503:  # a refused client waits as it is told
-                    await asyncio.sleep(float(response.headers.get("Retry-After", 1)))
+                    await asyncio.sleep(float(retry_after or 1))
 
-        start = time.perf_counter()
+        monitor = asyncio.create_task(loop_lag(lags))
+        cpu_start, start = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+        monitor.cancel()
     ok = codes.get(200, 0)
     quantiles = {f"p{q}_ms": round(1000 * percentile(latencies, q)) if latencies else None for q in (50, 95, 99)}
     failed = requests - ok - codes.get(503, 0)  # timeouts, connection errors, other statuses
     return {"clients": clients, "requests": requests, "ok": ok, "rps": round(ok / wall, 1), **quantiles,
             "n503": codes.get(503, 0), "errors": failed + bad_records, "codes": {str(k): v for k, v in codes.items()},
-            "first_errors": errors[:3], "wall_s": round(wall, 1)}
+            "first_errors": errors[:3], "wall_s": round(wall, 1), "client": client,
+            "client_cpu_s": round(cpu, 2), "client_cores": round(cpu / wall, 2),
+            **{f"loop_lag_{name}_ms": round(1000 * value, 1) if lags else None
+               for name, value in (("p50", percentile(lags, 50)), ("p99", percentile(lags, 99)),
+                                   ("max", max(lags, default=0.0)))}}
 
 
 class RssSampler:
@@ -147,14 +223,14 @@ def start_server(cmd: list[str], port: int, env: dict) -> subprocess.Popen:
 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:  # not 2 minutes' wait for one that failed
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+    raise RuntimeError(f"server did not start (exit status {proc.wait()}; run it alone to see why): {' '.join(cmd)}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -228,6 +304,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--client", default="aiohttp",
+                        help="load generator: aiohttp (default) or httpx; a comma list (aiohttp,httpx) runs each in "
+                             "turn at every level, against the same server process")
     parser.add_argument("--naive-server", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--name", default="bench_serve")
     args = parser.parse_args(argv)
@@ -243,6 +322,9 @@ def main(argv=None) -> int:
         print(f"no photos at {SHARED}", file=sys.stderr)
         return 1
     clients = [int(c) for c in args.clients.split(",")]
+    generators = args.client.split(",")
+    if not set(generators) <= set(CLIENTS):
+        parser.error(f"--client: {args.client!r} (choose from {', '.join(CLIENTS)})")
     counts = [int(c) for c in args.requests.split(",")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     ceiling = model_only_rate(args.model, args.backend, photos, args.max_batch, args.threads)
@@ -260,22 +342,24 @@ def main(argv=None) -> int:
         idle_rss = sampler.rss()
         try:
             url = f"http://127.0.0.1:{port}"
-            asyncio.run(load(url, photos, 4, 40, args.timeout))  # warm-up
+            for generator in generators:
+                asyncio.run(load(url, photos, 4, 40, args.timeout, generator))  # warm-up
             for n, count in zip(clients, counts):
+                for generator in generators:
+                    before = server_histogram(url)
+                    before_all = server_histogram(url, "landmark_admitted_request_seconds", "")
+                    result = asyncio.run(load(url, photos, n, count, args.timeout, generator))
+                    after = server_histogram(url)
+                    result["server_p99"] = histogram_quantile(before, after, 0.99)
+                    result["admitted_p99"] = histogram_quantile(
+                        before_all, server_histogram(url, "landmark_admitted_request_seconds", ""), 0.99)
+                    result["load"] = round(os.getloadavg()[0], 1)
+                    result.update(server=name, of_ceiling=f"{result['rps'] / ceiling:.2f}")
+                    rows.append(result)
+                    print(name, result, flush=True)
+            for generator in generators if name == "service" and args.long else ():
                 before = server_histogram(url)
-                before_all = server_histogram(url, "landmark_admitted_request_seconds", "")
-                result = asyncio.run(load(url, photos, n, count, args.timeout))
-                after = server_histogram(url)
-                result["server_p99"] = histogram_quantile(before, after, 0.99)
-                result["admitted_p99"] = histogram_quantile(
-                    before_all, server_histogram(url, "landmark_admitted_request_seconds", ""), 0.99)
-                result["load"] = round(os.getloadavg()[0], 1)
-                result.update(server=name, of_ceiling=f"{result['rps'] / ceiling:.2f}")
-                rows.append(result)
-                print(name, result, flush=True)
-            if name == "service" and args.long:
-                before = server_histogram(url)
-                result = asyncio.run(load(url, photos, args.long_clients, args.long, args.timeout))
+                result = asyncio.run(load(url, photos, args.long_clients, args.long, args.timeout, generator))
                 result["server_p99"] = histogram_quantile(before, server_histogram(url), 0.99)
                 result["load"] = round(os.getloadavg()[0], 1)
                 result.update(server="service (long run)", of_ceiling=f"{result['rps'] / ceiling:.2f}")
@@ -288,16 +372,21 @@ def main(argv=None) -> int:
     for row in rows:
         key = "service" if row["server"].startswith("service") else "naive"
         row["peak_rss_mb"] = memory[key]["peak_mb"]
-    by = {(r["server"], r["clients"]): r for r in rows}
-    for n in clients:
-        if ("naive", n) in by and ("service", n) in by and by[("naive", n)]["rps"]:
-            by[("service", n)]["vs_naive"] = f"{by[('service', n)]['rps'] / by[('naive', n)]['rps']:.2f}x"
-    table = format_table(rows, [("server", "server"), ("clients", "clients"), ("requests", "requests"),
+    by = {(r["server"], r["clients"], r["client"]): r for r in rows}
+    for n, generator in ((n, g) for n in clients for g in generators):
+        service, naive = by.get(("service", n, generator)), by.get(("naive", n, generator))
+        if service and naive and naive["rps"]:
+            service["vs_naive"] = f"{service['rps'] / naive['rps']:.2f}x"
+    table = format_table(rows, [("server", "server"), ("client", "load generator"), ("clients", "clients"),
+                                ("requests", "requests"),
                                 ("rps", "requests/s"), ("vs_naive", "vs naive"), ("of_ceiling", "of model-only"),
                                 ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"),
                                 ("server_p99", "in-server p99"), ("admitted_p99", "let-in p99"), ("n503", "503s"),
-                                ("errors", "errors"), ("peak_rss_mb", "peak RSS MB"), ("load", "load avg")])
+                                ("errors", "errors"), ("client_cores", "client CPU, cores"),
+                                ("loop_lag_p99_ms", "client loop lag p99 ms"), ("peak_rss_mb", "peak RSS MB"),
+                                ("load", "load avg")])
     save_results(args.name, "bench_serve.py", argv, rows, table, model=args.model, backend=args.backend,
+                 client=args.client,
                  model_only_photos_s=round(ceiling, 1), max_batch=args.max_batch, threads=args.threads,
                  memory=memory, load_before=load_before, load_after=os.getloadavg(), photos=len(photos))
     return 0
