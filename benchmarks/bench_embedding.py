@@ -29,7 +29,15 @@ from common import format_table, save_results
 from src.backends import load_backend
 from src.data import load_landmark_data, scan_split
 from src.efficientnet_lite import LITE_MEAN, LITE_STD, build_efficientnet_lite
-from src.openset import auroc, choose_threshold, confidence, fit_confidence, split_negatives, top_features
+from src.openset import (
+    auroc,
+    choose_threshold,
+    confidence,
+    fit_confidence,
+    split_negatives,
+    top_features,
+    without_class,
+)
 from src.pipeline import decode_for_batch, iter_predictions
 from src.predictor import resize_and_center_crop, to_unit_float
 
@@ -37,8 +45,10 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 PER_CLASS = 3
 
 
-def model_embeddings(backend, paths):
-    return np.stack([r.embedding.numpy() for r in iter_predictions(backend, paths, progress=False)])
+def model_outputs(backend, paths):
+    """``(embeddings, classifier probabilities)`` of the photos."""
+    results = list(iter_predictions(backend, paths, progress=False))
+    return np.stack([r.embedding.numpy() for r in results]), np.stack([r.probs.numpy() for r in results])
 
 
 def imagenet_embeddings(paths, resize_size: int, img_size: int):
@@ -78,15 +88,19 @@ def class_scores(sims, ref_labels, n_classes):
                      for c in range(n_classes)], axis=1)
 
 
-def evaluate(train, valid, everyday, new, train_l, valid_l, n_classes, seed=0):
-    """``new``: photos of landmarks nobody trained on (new_landmarks/train): never fitted on, only counted."""
+def evaluate(train, valid, everyday, new, train_l, valid_l, n_classes, seed=0, probs=None):
+    """``new``: photos of landmarks nobody trained on (new_landmarks/train): never fitted on, only counted.
+    ``probs``: the classifier's probabilities (``{"valid", "everyday", "new"}``) as a third confidence feature, as
+    ``python -m src calibrate`` uses them (held-out photos: without their own landmark, renormalised)."""
+    p = probs or {}
     known = class_scores(valid @ train.T, train_l, n_classes)
-    unseen = top_features(class_scores(new @ train.T, train_l, n_classes))
+    unseen = top_features(class_scores(new @ train.T, train_l, n_classes), p.get("new"))
     right = known.argmax(axis=1) == valid_l
     held_out = known.copy()
     held_out[np.arange(len(valid)), valid_l] = -1.0
     neg = class_scores(everyday @ train.T, train_l, n_classes)
-    x = np.concatenate([top_features(known), top_features(neg), top_features(held_out)])
+    x = np.concatenate([top_features(known, p.get("valid")), top_features(neg, p.get("everyday")),
+                        top_features(held_out, without_class(p["valid"], valid_l) if probs else None)])
     y = np.concatenate([right, np.zeros(len(neg) + len(held_out), bool)]).astype(float)
     is_known = np.r_[np.ones(len(known), bool), np.zeros(len(neg) + len(held_out), bool)]
     fold = np.random.default_rng(seed).integers(0, 5, len(x))
@@ -138,19 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     n = len(backend.class_names)
 
     started = time.perf_counter()
-    ours = {k: model_embeddings(backend, v) for k, v in (("train", train_p), ("valid", valid_p),
-                                                        ("everyday", everyday_p), ("new", new_p))}
+    outputs = {k: model_outputs(backend, v) for k, v in (("train", train_p), ("valid", valid_p),
+                                                          ("everyday", everyday_p), ("new", new_p))}
+    ours = {k: e for k, (e, _) in outputs.items()}
+    probs = {k: p for k, (_, p) in outputs.items()}
     imagenet = {k: imagenet_embeddings(v, backend.resize_size, backend.img_size)
                 for k, v in (("train", train_p), ("valid", valid_p), ("everyday", everyday_p), ("new", new_p))}
     print(f"embeddings in {time.perf_counter() - started:.0f} s")
     candidates = {"classifier's own features (pooled, 1280)": ours,
+                  "same + the classifier's probability as 3rd feature (default)": ours,
                   "ImageNet features (no fine-tuning, 1280)": imagenet}
     for seed in (int(s) for s in args.seeds.split(",")):
         head = train_arcface(ours["train"], train_l, n, seed=seed)
         candidates[f"sub-center ArcFace head on them (512, seed {seed})"] = {k: head(v) for k, v in ours.items()}
     rows = []
     for name, e in candidates.items():
-        result = evaluate(e["train"], e["valid"], e["everyday"], e["new"], train_l, valid_l, n)
+        result = evaluate(e["train"], e["valid"], e["everyday"], e["new"], train_l, valid_l, n,
+                          probs=probs if "3rd feature" in name else None)
         result["enrol_loo_top1"] = enrol_loo(e["train"], train_l, e["new"], new_l, n)
         rows.append({"embedding": name, **{k: round(v, 4) for k, v in result.items()},
                      "shown": {k: f"{v:.1%}" if k != "auroc_everyday" and "auroc" not in k else f"{v:.3f}"
