@@ -270,24 +270,39 @@ def histogram_quantile(before: dict, after: dict, q: float) -> str:
     return ""
 
 
-def model_only_rate(model: str, backend: str, photos: list[tuple[str, bytes]], batch: int, threads: int) -> float:
+def model_only_rate(model: str, backend: str, photos: list[tuple[str, bytes]], batch: int, threads: int,
+                    workers: int = 1) -> float:
+    """Photos/s of the forward pass alone on decoded batches: one backend using ``threads``, or (``workers`` > 1)
+    the service's parallel runners (``src.serve.model_runners``), each fed batches by its own thread."""
+    import threading
+    from types import SimpleNamespace
+
     import torch
 
     from src.backends import load_backend
     from src.pipeline import decode_for_batch
+    from src.serve import model_runners
 
     torch.set_num_threads(threads)
     runner = load_backend(model, backend)
+    runners = model_runners(SimpleNamespace(backend=runner), workers) if workers > 1 else [runner]
     images = [decode_for_batch(data, runner.resize_size, runner.img_size, name=name) for name, data in photos[:128]]
     batches = [torch.stack(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
-    for b in batches[:3]:
-        runner(b)
+    for r in runners:
+        for b in batches[:3]:
+            r(b)
     rates = []
     for _ in range(3):
+        def work(r):
+            for b in batches:
+                r(b)
+        pool = [threading.Thread(target=work, args=(r,)) for r in runners]
         start = time.perf_counter()
-        for b in batches:
-            runner(b)
-        rates.append(len(batches) * batch / (time.perf_counter() - start))
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        rates.append(len(runners) * len(batches) * batch / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
@@ -304,6 +319,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--with-one-worker", action="store_true",
+                        help="also run the service with --model-workers 1, in the same run")
     parser.add_argument("--client", default="aiohttp",
                         help="load generator: aiohttp (default) or httpx; a comma list (aiohttp,httpx) runs each in "
                              "turn at every level, against the same server process")
@@ -327,16 +344,22 @@ def main(argv=None) -> int:
         parser.error(f"--client: {args.client!r} (choose from {', '.join(CLIENTS)})")
     counts = [int(c) for c in args.requests.split(",")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
-    ceiling = model_only_rate(args.model, args.backend, photos, args.max_batch, args.threads)
-    print(f"model only: {ceiling:.1f} photos/s (batch {args.max_batch}, {args.threads} threads)")
-    servers = {"service": [sys.executable, "-m", "src", "serve", "--model", args.model, "--backend", args.backend,
-                           "--port", str(args.port), "--max-batch", str(args.max_batch)]}
+    single = model_only_rate(args.model, args.backend, photos, args.max_batch, args.threads)
+    parallel = model_only_rate(args.model, args.backend, photos, args.max_batch, args.threads, workers=2)
+    ceiling = max(single, parallel)
+    print(f"model only: {single:.1f} photos/s (batch {args.max_batch}, one runner of {args.threads} threads), "
+          f"{parallel:.1f} (the service's parallel runners)")
+    serve = [sys.executable, "-m", "src", "serve", "--model", args.model, "--backend", args.backend,
+             "--port", str(args.port), "--max-batch", str(args.max_batch)]
+    servers = {"service": serve}
+    if args.with_one_worker:  # the same service with one forward pass at a time (as before parallel runners)
+        servers["service, 1 model worker"] = serve + ["--model-workers", "1"]
     if not args.no_naive:
         servers["naive"] = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--backend",
                             args.backend, "--naive-server", str(args.port + 1)]
     rows, memory = [], {}
     for name, cmd in servers.items():
-        port = args.port if name == "service" else args.port + 1
+        port = args.port + 1 if name == "naive" else args.port  # the servers run one after the other
         proc = start_server(cmd, port, env)
         sampler = RssSampler(proc.pid)
         idle_rss = sampler.rss()
@@ -370,13 +393,15 @@ def main(argv=None) -> int:
                             "end_mb": round(sampler.rss() / 2**20)}
             stop_server(proc)
     for row in rows:
-        key = "service" if row["server"].startswith("service") else "naive"
+        key = row["server"] if row["server"] in memory else "service"  # the long run is the service's
         row["peak_rss_mb"] = memory[key]["peak_mb"]
     by = {(r["server"], r["clients"], r["client"]): r for r in rows}
     for n, generator in ((n, g) for n in clients for g in generators):
-        service, naive = by.get(("service", n, generator)), by.get(("naive", n, generator))
-        if service and naive and naive["rps"]:
-            service["vs_naive"] = f"{service['rps'] / naive['rps']:.2f}x"
+        naive = by.get(("naive", n, generator))
+        for name in servers:
+            service = by.get((name, n, generator))
+            if name != "naive" and service and naive and naive["rps"]:
+                service["vs_naive"] = f"{service['rps'] / naive['rps']:.2f}x"
     table = format_table(rows, [("server", "server"), ("client", "load generator"), ("clients", "clients"),
                                 ("requests", "requests"),
                                 ("rps", "requests/s"), ("vs_naive", "vs naive"), ("of_ceiling", "of model-only"),
@@ -387,7 +412,9 @@ def main(argv=None) -> int:
                                 ("load", "load avg")])
     save_results(args.name, "bench_serve.py", argv, rows, table, model=args.model, backend=args.backend,
                  client=args.client,
-                 model_only_photos_s=round(ceiling, 1), max_batch=args.max_batch, threads=args.threads,
+                 model_only_photos_s=round(ceiling, 1), model_only_one_runner_photos_s=round(single, 1),
+                 model_only_parallel_runners_photos_s=round(parallel, 1), max_batch=args.max_batch,
+                 threads=args.threads,
                  memory=memory, load_before=load_before, load_after=os.getloadavg(), photos=len(photos))
     return 0
 

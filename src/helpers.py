@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import errno
+import glob
 import io
 import json
 import os
 import random
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -107,7 +109,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     _make_dir(path.parent, path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise OutputError(exc.errno, exc.strerror or str(exc), str(path)) from None
@@ -122,6 +124,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp_path, path)
         except OSError as exc:
             raise OutputError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        remove_stale_temporaries(path)
     except OutputError:
         raise
     except OSError as exc:  # writing the temporary file failed (disk full, file size limit, ...)
@@ -131,6 +134,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+STALE_TEMPORARY_S = 3600.0
+
+
+def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Remove the temporary files that writers of ``path`` killed mid-write (SIGKILL, power loss) left beside it:
+    ``.NAME.PID.*.tmp`` of a process no longer running, untouched for ``older_than_s``. The age guard keeps a live
+    writer on another machine (a shared folder, where its PID means nothing here) safe. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        try:
+            if now - tmp.stat().st_mtime >= older_than_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone already, or not ours to remove: leave it
+            continue
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -34,8 +34,9 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .images import MAX_IMAGE_PIXELS, ImageLoadError
+from .backends import OnnxBackend
 from .batching import Batcher, Metrics
+from .images import MAX_IMAGE_PIXELS, ImageLoadError
 from .pipeline import decode_for_batch, error_line
 from .recognizer import Recognizer
 
@@ -58,6 +59,7 @@ class ServeSettings:
     max_pixels: int = MAX_IMAGE_PIXELS
     timeout_s: float = 30.0        # per request, from the moment it is let in
     decode_threads: int = 2
+    model_workers: int = 0         # parallel forward passes; 0: 2 for ONNX Runtime on a CPU of 2+ cores, else 1
     min_prob: float | None = None  # overrides the model's calibrated threshold for every request
 
 
@@ -226,6 +228,19 @@ def read_token(env: dict | None = None) -> str | None:
     return token.strip() if token else None
 
 
+def model_runners(recognizer, workers: int = 0) -> list:
+    """The forward passes the batcher runs in parallel. ONNX Runtime on a CPU: ``workers`` sessions (0: 2 when
+    there are at least 2 threads) sharing the threads between them, which pass more photos than one session using
+    them all (docs/serve.md); anything else (TorchScript, a GPU): the recognizer's own backend, alone."""
+    backend = recognizer.backend
+    threads = torch.get_num_threads()
+    onnx_cpu = isinstance(backend, OnnxBackend) and backend.session.get_providers()[0] == "CPUExecutionProvider"
+    workers = int(workers) if workers else (2 if onnx_cpu and threads >= 2 else 1)
+    if workers <= 1 or not onnx_cpu:
+        return [backend]
+    return [OnnxBackend(backend.path, threads=max(1, threads // workers)) for _ in range(workers)]
+
+
 def create_app(model, settings: ServeSettings | None = None, *, backend: str = "auto", device: str = "cpu",
                token: str | None = None, recognizer=None):
     """The FastAPI application serving ``model`` (an exported model file; or pass a loaded ``recognizer``).
@@ -244,8 +259,9 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
             rec = await loop.run_in_executor(None, lambda: load_recognizer(model, device, backend, settings.min_prob))
         state.recognizer = rec
         state.decoder = ThreadPoolExecutor(max_workers=max(1, settings.decode_threads), thread_name_prefix="decode")
+        runners = await loop.run_in_executor(None, lambda: model_runners(rec, settings.model_workers))
         state.batcher = Batcher(rec, settings.max_batch, settings.max_wait_ms / 1000.0, state.metrics.on_batch,
-                                expecting=lambda requests: state.active > len(requests))
+                                expecting=lambda requests: state.active > len(requests), runners=runners)
         size = int(rec.resize_size)
         for n in (1, settings.max_batch, 1):  # the first calls of an optimised TorchScript module are slow
             blank = torch.zeros(3, size, size, dtype=torch.uint8)
@@ -527,6 +543,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request (default %(default)g)")
     parser.add_argument("--decode-threads", type=int, default=d.decode_threads,
                         help="threads decoding photos (default %(default)s)")
+    parser.add_argument("--model-workers", type=int, default=d.model_workers,
+                        help="forward passes run in parallel (default: 2 for ONNX Runtime on a CPU of 2+ cores, "
+                             "else 1)")
     parser.add_argument("--min-prob", type=float, default=None,
                         help="'no known landmark' threshold for every request (default: the model's calibrated one)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
@@ -541,6 +560,8 @@ def serve_main(args: argparse.Namespace) -> int:
     for name in ("max_batch", "max_requests", "max_photos", "max_pixels", "decode_threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.model_workers < 0:
+        raise ValueError("--model-workers must be 0 (automatic) or more")
     if args.max_wait_ms < 0 or args.timeout <= 0 or args.max_upload_mb <= 0:
         raise ValueError("--max-wait-ms must be >= 0, --timeout and --max-upload-mb > 0")
     if args.min_prob is not None and not 0.0 <= args.min_prob <= 1.0:
@@ -548,6 +569,7 @@ def serve_main(args: argparse.Namespace) -> int:
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_requests=args.max_requests,
                              max_upload_bytes=int(args.max_upload_mb * 2**20), max_photos=args.max_photos,
                              max_pixels=args.max_pixels, timeout_s=args.timeout, decode_threads=args.decode_threads,
+                             model_workers=args.model_workers,
                              min_prob=args.min_prob)
     token = read_token()
     if token is None:

@@ -168,6 +168,52 @@ def test_fifty_concurrent_requests_are_batched_and_all_answered_right(server, ph
     assert forward_passes < 50  # photos of different requests shared forward passes
 
 
+def test_parallel_runners_answer_alike_and_model_calls_wait_for_batches_in_flight(model, photos):
+    from src.batching import Batcher
+    from src.pipeline import decode_for_batch
+    from src.recognizer import Recognizer
+    from src.serve import model_runners
+
+    recognizer = Recognizer.load(model, backend="onnx")
+    runners = model_runners(recognizer, 2)
+    assert len(runners) == 2 and all(r is not recognizer.backend for r in runners)
+    in_flight, most, lock = [0], [0], threading.Lock()
+
+    class Counted:  # a real runner, counting the forward passes running at once
+        def __init__(self, runner):
+            self.runner = runner
+
+        def __call__(self, batch):
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            try:
+                time.sleep(0.02)  # long enough for the other runner to start meanwhile
+                return self.runner(batch)
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+    images = [decode_for_batch(p, recognizer.resize_size, recognizer.img_size) for p in photos]
+    expected = recognizer.records(torch.stack(images), [p.name for p in photos], k=3)
+    batcher = Batcher(recognizer, max_batch=2, max_wait_s=0.0, runners=[Counted(r) for r in runners])
+    try:
+        futures = [batcher.submit(images[i % len(images)], photos[i % len(photos)].name, 3, None)
+                   for i in range(40)]
+        seen_by_call = batcher.call(lambda: in_flight[0])  # queued behind batches: runs when none is in flight
+        futures += [batcher.submit(images[i % len(images)], photos[i % len(photos)].name, 3, None)
+                    for i in range(40, 80)]
+        got = [f.result(30) for f in futures]
+        assert seen_by_call.result(30) == 0
+    finally:
+        batcher.close(30)
+    assert most[0] == 2  # both runners were busy at once
+    for i, record in enumerate(got):
+        want = expected[i % len(photos)]
+        assert record["class"] == want["class"] and record["status"] == want["status"]
+        assert record["prob"] == pytest.approx(want["prob"], abs=1e-5)
+
+
 def _metric(url: str, name: str) -> float:
     text = httpx.get(url + "/metrics").text
     match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
