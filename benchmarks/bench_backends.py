@@ -13,6 +13,8 @@ Each backend is measured in processes of its own (``--rounds`` of them, alternat
 * **forward**: the model alone on photos decoded beforehand (uint8 ``[B, 3, R, R]``, what ``tag``/``serve`` give it),
   batches of ``--batch-size``, ``--threads`` threads; photos/s, median of ``--repeat`` alternating runs.
 * **top-1**: arg-max of each backend's probabilities on the 204 test photos.
+* **runners**: ``src.backends.parallel_runners`` (2 ONNX Runtime sessions of 1 thread on a 2-thread CPU), fed in
+  parallel, forward alone.
 * **pipeline**: ``src.pipeline.iter_predictions`` (files -> decoded batches -> backend: what ``tag`` and
   ``evaluate`` run) on the same photos; photos/s and its ratio to the same backend's forward alone.
 """
@@ -24,13 +26,14 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 from common import format_table, save_results
 
-from src.backends import OnnxBackend, TorchScriptBackend
+from src.backends import OnnxBackend, TorchScriptBackend, parallel_runners
 from src.pipeline import decode_for_batch, iter_predictions
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "landmarks13"
@@ -65,6 +68,20 @@ def forward_rate(backend, batches: list[torch.Tensor]) -> float:
     return count / (time.perf_counter() - start)
 
 
+def parallel_rate(runners, batches: list[torch.Tensor]) -> float:
+    """Photos/s of ``runners`` (``src.backends.parallel_runners``) each fed the batches by a thread of its own."""
+    def work(runner):
+        for batch in batches:
+            runner(batch)
+    threads = [threading.Thread(target=work, args=(r,)) for r in runners]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(runners) * sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
 def measure_one(args) -> dict:
     """In a process of its own (``--only NAME``): one backend's top-1, forward-alone and pipeline rates. Backends
     are never measured in the same process: once ONNX Runtime has run, PyTorch's forward pass in that process is
@@ -83,15 +100,21 @@ def measure_one(args) -> dict:
     for b in batches:
         backend(b)
     hits = sum(backend.class_names[int(i)] == label for i, (_, label) in zip(probs.argmax(1), test))
-    forward, pipeline = [], []
+    forward, pipeline, forward_parallel, pipeline_single = [], [], [], []
     paths = [p for p, _ in test]
+    runners = parallel_runners(backend)
+    for r in runners:
+        r(batches[0])
     for _ in range(args.repeat):
         forward.append(forward_rate(backend, batches))
-        start = time.perf_counter()
-        for _ in iter_predictions(backend, paths, batch_size=args.batch_size, progress=False):
-            pass
-        pipeline.append(len(paths) / (time.perf_counter() - start))
-    return {"hits": int(hits), "photos": len(test), "forward": forward, "pipeline": pipeline}
+        forward_parallel.append(parallel_rate(runners, batches) if len(runners) > 1 else forward[-1])
+        for parallel, out in ((True, pipeline), (False, pipeline_single)):
+            start = time.perf_counter()
+            for _ in iter_predictions(backend, paths, batch_size=args.batch_size, progress=False, parallel=parallel):
+                pass
+            out.append(len(paths) / (time.perf_counter() - start))
+    return {"hits": int(hits), "photos": len(test), "forward": forward, "pipeline": pipeline,
+            "forward_parallel": forward_parallel, "pipeline_single": pipeline_single, "runners": len(runners)}
 
 
 def micro(args) -> int:
@@ -186,19 +209,26 @@ def main(argv=None) -> int:
     rows = []
     base = statistics.median([r for run in runs["torchscript"] for r in run["forward"]])
     for name in names:
-        forward = statistics.median([r for run in runs[name] for r in run["forward"]])
-        pipeline = statistics.median([r for run in runs[name] for r in run["pipeline"]])
+        def median(key):
+            return statistics.median([r for run in runs[name] for r in run[key]])
+        forward, pipeline = median("forward"), median("pipeline")
+        forward_parallel, single = median("forward_parallel"), median("pipeline_single")
         first = runs[name][0]
         rows.append({"backend": name, "forward_photos_s": round(forward, 1), "vs_torchscript": f"{forward / base:.2f}x",
+                     "forward_parallel_photos_s": round(forward_parallel, 1), "runners": first["runners"],
                      "top1": f"{first['hits'] / first['photos']:.1%}", "hits": first["hits"],
+                     "pipeline_single_photos_s": round(single, 1), "single_vs_forward": f"{single / forward:.2f}x",
                      "pipeline_photos_s": round(pipeline, 1), "pipeline_vs_forward": f"{pipeline / forward:.2f}x",
+                     "pipeline_vs_best": f"{pipeline / max(forward, forward_parallel):.2f}x",
                      "file_mb": round(os.path.getsize(files[name]) / 2**20, 1)})
     photos = runs["onnx"][0]["photos"]
     table = format_table(rows, [
         ("backend", "backend"), ("forward_photos_s", f"forward alone, photos/s (batch {args.batch_size})"),
         ("vs_torchscript", "vs TorchScript"), ("top1", f"top-1 ({photos} test photos)"),
-        ("pipeline_photos_s", "tag pipeline, photos/s"), ("pipeline_vs_forward", "pipeline / forward alone"),
-        ("file_mb", "file MB")])
+        ("runners", "runners"), ("forward_parallel_photos_s", "forward alone on the runners, photos/s"),
+        ("pipeline_single_photos_s", "tag pipeline, one runner, photos/s"), ("single_vs_forward", "/ forward alone"),
+        ("pipeline_photos_s", "tag pipeline (default), photos/s"), ("pipeline_vs_forward", "/ forward alone"),
+        ("pipeline_vs_best", "/ the faster forward alone"), ("file_mb", "file MB")])
     save_results(args.name, "bench_backends.py", argv, rows, table, model=str(model), threads=args.threads,
                  batch_size=args.batch_size, photos=photos, rounds=args.rounds, repeat=args.repeat,
                  load_before=load_before, load_after=os.getloadavg()[0], raw=runs)

@@ -273,19 +273,17 @@ def histogram_quantile(before: dict, after: dict, q: float) -> str:
 def model_only_rate(model: str, backend: str, photos: list[tuple[str, bytes]], batch: int, threads: int,
                     workers: int = 1) -> float:
     """Photos/s of the forward pass alone on decoded batches: one backend using ``threads``, or (``workers`` > 1)
-    the service's parallel runners (``src.serve.model_runners``), each fed batches by its own thread."""
+    the service's parallel runners (``src.backends.parallel_runners``), each fed batches by its own thread."""
     import threading
-    from types import SimpleNamespace
 
     import torch
 
-    from src.backends import load_backend
+    from src.backends import load_backend, parallel_runners
     from src.pipeline import decode_for_batch
-    from src.serve import model_runners
 
     torch.set_num_threads(threads)
     runner = load_backend(model, backend)
-    runners = model_runners(SimpleNamespace(backend=runner), workers) if workers > 1 else [runner]
+    runners = parallel_runners(runner, workers) if workers > 1 else [runner]
     images = [decode_for_batch(data, runner.resize_size, runner.img_size, name=name) for name, data in photos[:128]]
     batches = [torch.stack(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
     for r in runners:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backends import as_backend
+from .backends import as_backend, parallel_runners
 from .images import ImageLoadError
 from .predictor import load_image_tensor, prepare_for_batch
 
@@ -75,13 +75,18 @@ def default_workers() -> int:
 
 def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int = DEFAULT_BATCH_SIZE,
                      workers: int | None = None, per_file: Callable | None = None, progress: bool = True,
-                     desc: str = "Tagging") -> Iterator[PhotoResult]:
+                     desc: str = "Tagging", parallel: bool = True) -> Iterator[PhotoResult]:
     """Run ``model`` (a backend, or a loaded exported module) on every photo of ``paths``; yields one
     :class:`PhotoResult` per path, in order.
 
-    At most two batches are decoded ahead, so memory stays bounded on any folder size.
+    At most two batches are decoded ahead, so memory stays bounded on any folder size. On a CPU with ONNX
+    Runtime, batches run on two sessions of one thread each at once (:func:`src.backends.parallel_runners`):
+    more photos per second than one session of two threads, decoding included (docs/serve.md); ``parallel=False``
+    keeps to ``model`` alone.
     """
     backend = as_backend(model)
+    many = parallel and len(paths) > 2 * max(1, int(batch_size))  # else not worth opening more sessions
+    runners = parallel_runners(backend) if many else [backend]
     paths = [Path(p) for p in paths]
     resize_size, crop_size = backend.resize_size, backend.img_size
     batch_size = max(1, int(batch_size))
@@ -98,8 +103,21 @@ def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int 
             pending.append((path, pool.submit(_decode, path, resize_size, crop_size, per_file)))
             next_index += 1
 
+    forward = ThreadPoolExecutor(max_workers=len(runners)) if len(runners) > 1 else None
+    in_flight: deque = deque()  # (batch, rows with a photo, its outputs or their future), in order
+
+    def results(batch, good, outputs) -> Iterator[PhotoResult]:
+        probs, embedding = outputs.result() if hasattr(outputs, "result") else outputs
+        row_of = {i: r for r, i in enumerate(good)}
+        for i, (path, _, error, extra) in enumerate(batch):
+            r = row_of.get(i)
+            yield PhotoResult(path, probs[r].clone() if r is not None else None, error, extra,
+                              embedding[r].clone() if r is not None and embedding is not None else None)
+        bar.update(len(batch))
+
     try:
         fill()
+        turn = 0
         while pending:
             batch = []
             while pending and len(batch) < batch_size:
@@ -107,15 +125,20 @@ def iter_predictions(model, paths: Sequence[str | os.PathLike], batch_size: int 
                 batch.append((path, *future.result()))
                 fill()
             good = [i for i, (_, image, _, _) in enumerate(batch) if image is not None]
-            probs = embedding = None
-            if good:
-                probs, embedding = backend(stack_images([batch[i][1] for i in good]))
-            row_of = {i: r for r, i in enumerate(good)}
-            for i, (path, _, error, extra) in enumerate(batch):
-                r = row_of.get(i)
-                yield PhotoResult(path, probs[r].clone() if r is not None else None, error, extra,
-                                  embedding[r].clone() if r is not None and embedding is not None else None)
-            bar.update(len(batch))
+            images = stack_images([batch[i][1] for i in good]) if good else None
+            if forward is None:
+                yield from results(batch, good, backend(images) if good else (None, None))
+                continue
+            if len(in_flight) == len(runners):  # every runner busy: the oldest batch's answers first
+                yield from results(*in_flight.popleft())
+            # round robin with at most one batch per runner in flight: a runner never runs two batches at once
+            in_flight.append((batch, good, forward.submit(runners[turn % len(runners)], images) if good
+                              else (None, None)))
+            turn += 1
+        while in_flight:
+            yield from results(*in_flight.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # stopped early: do not decode what nobody will read
+        if forward is not None:
+            forward.shutdown(wait=True, cancel_futures=True)
         bar.close()

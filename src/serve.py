@@ -34,7 +34,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .backends import OnnxBackend
+from .backends import parallel_runners
 from .batching import Batcher, Metrics
 from .images import MAX_IMAGE_PIXELS, ImageLoadError
 from .pipeline import decode_for_batch, error_line
@@ -228,19 +228,6 @@ def read_token(env: dict | None = None) -> str | None:
     return token.strip() if token else None
 
 
-def model_runners(recognizer, workers: int = 0) -> list:
-    """The forward passes the batcher runs in parallel. ONNX Runtime on a CPU: ``workers`` sessions (0: 2 when
-    there are at least 2 threads) sharing the threads between them, which pass more photos than one session using
-    them all (docs/serve.md); anything else (TorchScript, a GPU): the recognizer's own backend, alone."""
-    backend = recognizer.backend
-    threads = torch.get_num_threads()
-    onnx_cpu = isinstance(backend, OnnxBackend) and backend.session.get_providers()[0] == "CPUExecutionProvider"
-    workers = int(workers) if workers else (2 if onnx_cpu and threads >= 2 else 1)
-    if workers <= 1 or not onnx_cpu:
-        return [backend]
-    return [OnnxBackend(backend.path, threads=max(1, threads // workers)) for _ in range(workers)]
-
-
 def create_app(model, settings: ServeSettings | None = None, *, backend: str = "auto", device: str = "cpu",
                token: str | None = None, recognizer=None):
     """The FastAPI application serving ``model`` (an exported model file; or pass a loaded ``recognizer``).
@@ -259,7 +246,7 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
             rec = await loop.run_in_executor(None, lambda: load_recognizer(model, device, backend, settings.min_prob))
         state.recognizer = rec
         state.decoder = ThreadPoolExecutor(max_workers=max(1, settings.decode_threads), thread_name_prefix="decode")
-        runners = await loop.run_in_executor(None, lambda: model_runners(rec, settings.model_workers))
+        runners = await loop.run_in_executor(None, lambda: parallel_runners(rec.backend, settings.model_workers))
         state.batcher = Batcher(rec, settings.max_batch, settings.max_wait_ms / 1000.0, state.metrics.on_batch,
                                 expecting=lambda requests: state.active > len(requests), runners=runners)
         size = int(rec.resize_size)

@@ -116,6 +116,29 @@ def test_both_backends_give_the_same_predictions_on_real_files(tmp_path):
             assert a.error == b.error
 
 
+def test_parallel_onnx_runners_give_the_same_results_in_order(tmp_path):
+    from src.backends import parallel_runners
+
+    _, pt, _ = export_pair(tmp_path / "m", tiny_transfer(), "transfer")
+    corpus = write_corpus(tmp_path / "photos", fs_only=False)
+    paths = sorted(tmp_path / "photos" / name for name in corpus) * 3  # bad files among good ones, many batches
+    reference = TorchScriptBackend.load(pt)
+    expected = list(iter_predictions(reference, paths, batch_size=2, progress=False))
+    onnx = load_backend(pt, "onnx")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert len(parallel_runners(onnx)) == 2  # what iter_predictions takes on a CPU of 2+ threads
+        got = list(iter_predictions(onnx, paths, batch_size=2, progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.path for r in got] == paths
+    for a, b in zip(expected, got):
+        assert a.error == b.error
+        if a.error is None:
+            assert (a.probs - b.probs).abs().max() <= 1e-5 and (a.embedding - b.embedding).abs().max() <= 1e-5
+
+
 def test_auto_takes_the_onnx_file_only_when_it_was_exported_with_the_model(tmp_path):
     _, pt, _ = export_pair(tmp_path, tiny_transfer(), "transfer")
     onnx_file = pt.with_suffix(".onnx")

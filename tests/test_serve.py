@@ -172,10 +172,10 @@ def test_parallel_runners_answer_alike_and_model_calls_wait_for_batches_in_fligh
     from src.batching import Batcher
     from src.pipeline import decode_for_batch
     from src.recognizer import Recognizer
-    from src.serve import model_runners
+    from src.backends import parallel_runners
 
     recognizer = Recognizer.load(model, backend="onnx")
-    runners = model_runners(recognizer, 2)
+    runners = parallel_runners(recognizer.backend, 2)
     assert len(runners) == 2 and all(r is not recognizer.backend for r in runners)
     in_flight, most, lock = [0], [0], threading.Lock()
 
