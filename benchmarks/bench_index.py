@@ -43,6 +43,8 @@ def timed_queries(index, queries: np.ndarray, batch: int) -> float:
 def search_bytes(faiss_index) -> int:
     import faiss
 
+    if isinstance(faiss_index, faiss.IndexFlat):  # the vectors themselves (serialising 5 GB would copy them)
+        return int(faiss_index.ntotal) * int(faiss_index.d) * 4
     return int(faiss.serialize_index(faiss_index).size)
 
 

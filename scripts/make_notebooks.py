@@ -414,8 +414,10 @@ Most photos in a real library show no landmark at all, and many show a landmark 
 Giving each of them the most likely known landmark would write a wrong place into most photos. So the exported
 model comes with a **landmark index** (`transfer_exported.index.npz`): the embeddings of every training photo
 (the pooled features the classifier reads, unit length), searched with FAISS. A photo takes the landmark whose
-photos are most similar to it, and a **threshold calibrated on held-out photos** decides when it is "no known
-landmark": the validation photos (each searched without its own photo), the same photos again with their own
+photos are most similar to it. Its confidence combines that similarity, its margin over the next landmark and
+the classifier's own probability of that landmark (a photo of an unknown landmark is often close to one known
+landmark's photos while the classifier hesitates), and a **threshold calibrated on held-out photos** decides
+when it is "no known landmark": the validation photos (each searched without its own photo), the same photos again with their own
 landmark left out of the index (landmarks the index does not know), and the calibration half of a folder of
 everyday photos (the other half is kept for measuring). The threshold is the lowest at which at most 2 % of the
 photos without a known landmark get one. `python -m src export` builds the index; here the notebook does it for

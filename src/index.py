@@ -29,6 +29,7 @@ from .helpers import atomic_path
 INDEX_FORMAT = "landmark-tagger-index/1"
 INDEX_SUFFIX = ".index.npz"
 EXACT_LIMIT = 50_000      # references searched exactly below this; an approximate IVF-PQ index above
+RERANK = 256  # approximate search: candidates re-ranked exactly per query (at least 4x those asked for)
 NEIGHBOURS = 64           # nearest references looked at per query (the per-class scores come from them)
 PER_CLASS = 3             # a class's score: the mean similarity of its PER_CLASS nearest references to the photo
 PROBE_AGREEMENT = 0.98    # least cosine similarity between the probe embeddings of the index's model and this one
@@ -139,9 +140,25 @@ class LandmarkIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if len(self) == 0 or k <= 0:
             return np.full((len(queries), max(k, 0)), -np.inf, np.float32), np.full((len(queries), max(k, 0)), -1)
-        sims, ids = self._index().search(queries, int(k))
-        sims = np.where(ids < 0, -np.inf, sims)
-        return sims, ids
+        index = self._index()
+        if len(self) <= EXACT_LIMIT:
+            sims, ids = index.search(queries, int(k))
+            return np.where(ids < 0, -np.inf, sims), ids
+        # Approximate: the IVF-PQ candidates re-ranked by their exact similarity (the embeddings are in memory
+        # anyway). PQ's estimates are too coarse to rank the nearest few (recall@1 0.77 at 10^6 random references),
+        # and exact similarities keep the calibrated threshold meaning the same at any index size.
+        out_sims = np.full((len(queries), int(k)), -np.inf, np.float32)
+        out_ids = np.full((len(queries), int(k)), -1, np.int64)
+        candidates = min(len(self), max(RERANK, 4 * int(k)))
+        for start in range(0, len(queries), 64):  # bounded memory: 64 x candidates x dim floats at a time
+            q = queries[start:start + 64]
+            ids = index.search(q, candidates)[1]
+            sims = np.einsum("qd,qkd->qk", q, self.embeddings[np.maximum(ids, 0)])
+            sims = np.where(ids < 0, -np.inf, sims)
+            order = np.argsort(-sims, axis=1, kind="stable")[:, :int(k)]
+            out_sims[start:start + len(q), :order.shape[1]] = np.take_along_axis(sims, order, axis=1)
+            out_ids[start:start + len(q), :order.shape[1]] = np.take_along_axis(ids, order, axis=1)
+        return out_sims, out_ids
 
     def class_scores(self, queries: np.ndarray, exclude: Sequence[int] | None = None,
                      neighbours: int = NEIGHBOURS, per_class: int = PER_CLASS) -> np.ndarray:

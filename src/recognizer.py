@@ -28,6 +28,7 @@ from .helpers import file_sha256
 from .index import LandmarkIndex, LandmarkIndexError, index_path_for, probe_images
 from .landmarks import NO_LANDMARK, display_name, landmark_info
 from .openset import FALLBACK_MIN_PROB, confidence, score_features
+from .pipeline import stack_images
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class Recognizer:
         """Embeddings ``[n, D]`` of decoded photos (uint8 ``[3, R, R]`` each)."""
         out = []
         for start in range(0, len(images), batch_size):
-            _, embedding = self.backend(torch.stack(list(images[start:start + batch_size])))
+            _, embedding = self.backend(stack_images(list(images[start:start + batch_size])))
             out.append(embedding.numpy())
         return np.concatenate(out) if out else np.zeros((0, self.index.dim if self.index else 0), np.float32)
 

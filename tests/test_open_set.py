@@ -147,6 +147,13 @@ def test_large_index_is_approximate_and_still_finds_the_nearest(monkeypatch):
     queries = refs[:200] + 0.05 * rng.normal(size=(200, 32)).astype(np.float32)
     scores = index.class_scores(queries)
     assert np.mean(scores.argmax(axis=1) == labels[:200]) >= 0.9
+    # candidates re-ranked exactly: the similarities are the true ones, in order, and the nearest is found
+    q = queries.astype(np.float32)
+    sims, ids = index.search(q, 10)
+    assert np.allclose(sims, np.einsum("qd,qkd->qk", q, refs[ids]), atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 1e-7)
+    exact = (q @ refs.T).argmax(axis=1)
+    assert np.mean(ids[:, 0] == exact) >= 0.95
 
 
 def test_index_round_trip_and_damaged_file_is_one_line(tmp_path):
