@@ -38,12 +38,12 @@ _STOP = object()
 
 
 class Batcher:
-    """Feeds the recognizer from one gathering thread: photos submitted from any thread are grouped into batches of at most
-    ``max_batch`` (waiting at most ``max_wait_s`` after the first for more while the model is idle; photos that
+    """Feeds the recognizer from one gathering thread: photos submitted from any thread are grouped into batches of
+    at most ``max_batch`` (waiting at most ``max_wait_s`` after the first for more while the model is idle; photos that
     piled up during a forward pass go into the next one at once), whatever each request's ``k`` and ``min_prob``
     (they only change the decision, made per photo after the forward pass). Futures cancelled meanwhile (a
-    request that timed out) are skipped. Other calls on the model (adding a landmark) run on the same thread,
-    between batches, so the recognizer never sees two threads.
+    request that timed out) are skipped. Other calls on the model (adding a landmark) run on the gathering
+    thread while no batch is in flight, so the index never changes under a search.
 
     ``expecting(requests)``: whether photos of other requests than ``requests`` (the ids queued) may still come;
     when it says no (a lone client), the model does not wait at all.
