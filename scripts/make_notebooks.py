@@ -417,8 +417,9 @@ model comes with a **landmark index** (`transfer_exported.index.npz`): the embed
 photos are most similar to it. Its confidence combines that similarity, its margin over the next landmark and
 the classifier's own probability of that landmark (a photo of an unknown landmark is often close to one known
 landmark's photos while the classifier hesitates), and a **threshold calibrated on held-out photos** decides
-when it is "no known landmark": the validation photos (each searched without its own photo), the same photos again with their own
-landmark left out of the index (landmarks the index does not know), and the calibration half of a folder of
+when it is "no known landmark": the validation photos (each searched without its own photo), the same photos
+again with their own landmark left out of the index (landmarks the index does not know), and the calibration
+half of a folder of
 everyday photos (the other half is kept for measuring). The threshold is the lowest at which at most 2 % of the
 photos without a known landmark get one. `python -m src export` builds the index; here the notebook does it for
 the file exported above. Adding a landmark later is adding its photos to the index (`python -m src enroll`), no
