@@ -1,5 +1,5 @@
-"""The service's engine room: dynamic batching (photos from concurrent requests grouped into one forward pass by
-one model thread, with a maximum batch, a maximum wait and a bounded queue) and its Prometheus metrics.
+"""The service's engine room: dynamic batching (photos from concurrent requests grouped into batches by one
+gathering thread, with a maximum batch and a maximum wait, run on parallel runners) and its Prometheus metrics.
 :mod:`src.serve` is the HTTP side.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ class _Job:
     name: str = ""
     key: tuple = ()                         # (k, min_prob): the decision's settings for this photo
     gps: tuple | None = None                # the photo's own EXIF position
-    call: Callable[[], Any] | None = None   # a task for the model thread (enrol, remove, warm-up)
+    call: Callable[[], Any] | None = None   # a task on the model, run with no batch in flight (enrol, remove)
     request: int = 0                        # which request it belongs to
 
 

@@ -2,8 +2,8 @@
 
 ``POST /v1/recognize`` takes photos as multipart parts named ``photos`` and answers one record per photo, in order
 (the fields ``predict --json`` prints, ``file`` instead of ``path``). Photos from concurrent requests are decoded
-in a thread pool and grouped into one forward pass on a single model thread (at most ``max_batch`` photos, waiting
-at most ``max_wait_ms`` for more), so throughput grows with load instead of each request paying a forward pass.
+in a thread pool and grouped into batches (at most ``max_batch`` photos, waiting at most ``max_wait_ms`` for more)
+run on parallel runners (``--model-workers``), so a request does not pay a forward pass of its own.
 
 Limits keep load and bad input from taking it down: the request body is capped (checked on ``Content-Length``
 before anything is read, and counted while reading), each photo's pixel count is checked on its header before
