@@ -26,12 +26,11 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
-from common import format_table, save_results
+from common import format_table, parallel_rate, save_results
 
 from src.backends import OnnxBackend, TorchScriptBackend, parallel_runners
 from src.pipeline import decode_for_batch, iter_predictions
@@ -66,20 +65,6 @@ def forward_rate(backend, batches: list[torch.Tensor]) -> float:
         backend(batch)
         count += len(batch)
     return count / (time.perf_counter() - start)
-
-
-def parallel_rate(runners, batches: list[torch.Tensor]) -> float:
-    """Photos/s of ``runners`` (``src.backends.parallel_runners``) each fed the batches by a thread of its own."""
-    def work(runner):
-        for batch in batches:
-            runner(batch)
-    threads = [threading.Thread(target=work, args=(r,)) for r in runners]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return len(runners) * sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
 def measure_one(args) -> dict:

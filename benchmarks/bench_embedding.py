@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import format_table, save_results
+from common import add_open_set_data_arguments, format_table, save_results
 
 from src.backends import load_backend
 from src.data import load_landmark_data, scan_split
@@ -41,7 +41,6 @@ from src.openset import (
 from src.pipeline import decode_for_batch, iter_predictions
 from src.predictor import resize_and_center_crop, to_unit_float
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 PER_CLASS = 3
 
 
@@ -131,10 +130,7 @@ def enrol_loo(train, train_l, new, new_l, n_classes):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="checkpoints/transfer_exported.pt")
-    parser.add_argument("--data-dir", default=str(SHARED / "landmarks13"))
-    parser.add_argument("--negatives", default=str(SHARED / "everyday"))
-    parser.add_argument("--new", default=str(SHARED / "new_landmarks"))
+    add_open_set_data_arguments(parser)
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the ArcFace head")
     parser.add_argument("--name", default="bench_embedding")
     args = parser.parse_args(argv)

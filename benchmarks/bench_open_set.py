@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import format_table, save_results
+from common import add_open_set_data_arguments, format_table, save_results
 
 from src.calibrate import build_index
 from src.data import scan_split
@@ -29,7 +29,6 @@ from src.openset import open_set_summary, split_negatives
 from src.pipeline import decode_for_batch, iter_predictions
 from src.recognizer import Recognizer
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 class WithoutEmbedding:
@@ -89,10 +88,7 @@ def row(name: str, summary: dict, extra: dict | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="checkpoints/transfer_exported.pt")
-    parser.add_argument("--data-dir", default=str(SHARED / "landmarks13"))
-    parser.add_argument("--negatives", default=str(SHARED / "everyday"))
-    parser.add_argument("--new", default=str(SHARED / "new_landmarks"))
+    add_open_set_data_arguments(parser)
     parser.add_argument("--locations", default=str(Path(__file__).parent / "data" / "new_landmarks_locations.json"))
     parser.add_argument("--name", default="bench_open_set")
     args = parser.parse_args(argv)

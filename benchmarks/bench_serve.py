@@ -33,7 +33,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from common import format_table, save_results
+from common import format_table, parallel_rate, save_results
 from fastapi import FastAPI, File, UploadFile  # at module level: the endpoint's annotations are resolved here
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,8 +274,6 @@ def model_only_rate(model: str, backend: str, photos: list[tuple[str, bytes]], b
                     workers: int = 1) -> float:
     """Photos/s of the forward pass alone on decoded batches: one backend using ``threads``, or (``workers`` > 1)
     the service's parallel runners (``src.backends.parallel_runners``), each fed batches by its own thread."""
-    import threading
-
     import torch
 
     from src.backends import load_backend, parallel_runners
@@ -289,19 +287,7 @@ def model_only_rate(model: str, backend: str, photos: list[tuple[str, bytes]], b
     for r in runners:
         for b in batches[:3]:
             r(b)
-    rates = []
-    for _ in range(3):
-        def work(r):
-            for b in batches:
-                r(b)
-        pool = [threading.Thread(target=work, args=(r,)) for r in runners]
-        start = time.perf_counter()
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        rates.append(len(runners) * len(batches) * batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return statistics.median(parallel_rate(runners, batches) for _ in range(3))
 
 
 def main(argv=None) -> int:

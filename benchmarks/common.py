@@ -1,15 +1,19 @@
-"""Shared benchmark helpers: a description of the machine, printing a table, saving the results."""
+"""Shared benchmark helpers: a description of the machine, printing a table, saving the results, the shared
+data sets' arguments, a parallel forward-pass rate."""
 from __future__ import annotations
 
 import os
 import platform
 import shlex
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # ../shared/data beside the clone
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 
@@ -49,3 +53,25 @@ def save_results(name: str, script: str, argv: list[str] | None, rows: list[dict
     atomic_write_json(path, out)
     print(f"\nwrote {path}")
     return path
+
+
+def add_open_set_data_arguments(parser) -> None:
+    """The exported model and the three data sets an open-set benchmark reads (``../shared/data``)."""
+    parser.add_argument("--model", default="checkpoints/transfer_exported.pt")
+    parser.add_argument("--data-dir", default=str(SHARED_DATA / "landmarks13"))
+    parser.add_argument("--negatives", default=str(SHARED_DATA / "everyday"))
+    parser.add_argument("--new", default=str(SHARED_DATA / "new_landmarks"))
+
+
+def parallel_rate(runners, batches) -> float:
+    """Photos/s of ``runners`` (``src.backends.parallel_runners``), each fed every batch by a thread of its own."""
+    def work(runner):
+        for batch in batches:
+            runner(batch)
+    threads = [threading.Thread(target=work, args=(r,)) for r in runners]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(runners) * sum(len(b) for b in batches) / (time.perf_counter() - start)

@@ -62,6 +62,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(url: str, timeout: float = 60) -> None:
+    """Return once ``url``'s ``/healthz`` answers 200; RuntimeError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url}: the server did not become healthy within {timeout:g} s")
+
+
 @contextlib.contextmanager
 def running(app):
     """``app`` served by uvicorn on a free 127.0.0.1 port (in a thread); yields its base URL once healthy."""
@@ -70,14 +81,7 @@ def running(app):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        time.sleep(0.05)
-    else:
-        raise RuntimeError("the server did not become healthy")
+    wait_healthy(url)
     try:
         yield url
     finally:
@@ -455,12 +459,7 @@ def test_serve_command_finishes_requests_in_flight_on_sigterm(model, tmp_path):
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
+        wait_healthy(url)
         body = (b"--b\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"g.jpg\"\r\n"
                 b"Content-Type: image/jpeg\r\n\r\n" + GOOD_PHOTO.make() + b"\r\n--b--\r\n")
         parts = [body[i:i + 200] for i in range(0, len(body), 200)]
