@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.installed-$(basename "$req")"
-if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-cluster.txt -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
     echo "Installing $req into .venv at the versions pinned in requirements.lock:"
     grep -vE '^\s*(#|-r|$)' "$req" | sed 's/^/  /'
     if [ "$req" != requirements.txt ]; then
