@@ -10,7 +10,7 @@ costs a read and a write, not two Perl start-ups.
 What is ours is recorded in our own namespace (``XMP-LandmarkTagger``, see ``metadata_exiftool.config``): the
 keywords and single fields we added, with their values. A later run replaces or removes exactly those, and
 never a value someone else wrote or changed since (a location the camera or the user recorded is never
-replaced).
+replaced). Which fields those are, for a row of the tag CSV, is :mod:`src.metadata_fields`.
 """
 from __future__ import annotations
 
@@ -30,20 +30,12 @@ from pathlib import Path
 from PIL import Image, ImageSequence
 
 from .images import MAX_IMAGE_PIXELS, is_candidate_image
-from .landmarks import landmark_info
+from .metadata_fields import (CREATOR_TOOL, ESTIMATED_SOURCES, NS, _adopt_earlier_version, _as_list,
+                              _meaningful, plan_changes, wanted_fields)
 
-CREATOR_TOOL = "landmark-tagger"
 CONFIG_FILE = Path(__file__).resolve().with_name("metadata_exiftool.config")
-NS = "XMP-LandmarkTagger"
-LOCATION_ID_PREFIX = "urn:landmark-tagger:landmark:"  # marks the LocationShown entries that are ours
-LOCATION_SHOWN = "XMP-iptcExt:LocationShown"
-GPS_TAGS = ("XMP-exif:GPSLatitude", "XMP-exif:GPSLongitude", "XMP-exif:GPSMapDatum", "XMP-exif:GPSVersionID")
-# list field -> the field of our namespace that records which of its items we added
-LIST_TAGS = {"XMP-dc:Subject": "Keywords", "XMP-lr:HierarchicalSubject": "HierarchicalSubject",
-             "XMP-digiKam:TagsList": "TagsList"}
 # Pillow's name of a format -> the file name endings ExifTool accepts for it (it refuses a WEBP named .jpg)
 INTO_PHOTO_FORMATS = {"JPEG": (".jpg", ".jpeg", ".jpe"), "PNG": (".png",), "WEBP": (".webp",)}
-WRITE_STATUSES = ("ok",)  # anything else ("no_known_landmark", "low_confidence", "error") removes our fields
 # Strength of each outcome, to combine a sidecar's and the photo's into the one word a caller counts.
 _RANK = {"written": 5, "updated": 4, "removed": 3, "unchanged": 2, "unsupported": 1, "nothing": 0}
 
@@ -206,154 +198,6 @@ def _write(source: Path | None, target: Path, assign: dict, delete: list[str], s
 
 
 # --------------------------------------------------------------------------------------------------------------
-# What to write
-# --------------------------------------------------------------------------------------------------------------
-
-def _as_list(value) -> list:
-    if value is None or value == "":
-        return []
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _norm(value):
-    """For comparing what a file holds with what we would write: numbers by value, bags as multisets."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, _norm(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return tuple(sorted((_norm(v) for v in value), key=repr))
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return round(number, 6) if math.isfinite(number) else str(value)  # a keyword "NaN" is a word
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _place_part(text: str) -> str:
-    """A level of ``Places|Country|City|Landmark``: no separator of either hierarchy (``|``, ``/``) inside."""
-    return " & ".join(p.strip() for p in text.replace("|", "/").split("/") if p.strip())
-
-
-def wanted_fields(row: dict, provenance: dict, with_gps: bool = True) -> dict | None:
-    """Our fields for a tag row: ``{"single": {tag: value}, "lists": {tag: [items]}, "location": struct,
-    "provenance": {field: value}}``; ``None`` when the row says nothing is to be written (not ``ok``)."""
-    if row.get("status") not in WRITE_STATUSES or not row.get("landmark"):
-        return None
-    name, city, country = row["landmark"], row.get("city") or "", row.get("country") or ""
-    info = landmark_info(row["class"]) if row.get("class") else None
-    single: dict[str, str] = {}
-    if city:
-        single["XMP-photoshop:City"] = city
-    if country:
-        single["XMP-photoshop:Country"] = country
-    lat, lon = row.get("lat") or "", row.get("lon") or ""
-    source = row.get("gps_source") or ""
-    if with_gps and lat and lon and source in ("landmark", "exif"):
-        single.update({"XMP-exif:GPSLatitude": _fmt(float(lat)), "XMP-exif:GPSLongitude": _fmt(float(lon)),
-                       "XMP-exif:GPSMapDatum": "WGS-84", "XMP-exif:GPSVersionID": "2.2.0.0"})
-    countries = [c.strip() for c in country.split("/") if c.strip()]
-    keywords = list(dict.fromkeys(k for k in (name, city, *countries) if k))
-    parts = [_place_part(p) for p in ("Places", country, city, name) if p and _place_part(p)]
-    lists = {"XMP-dc:Subject": keywords, "XMP-lr:HierarchicalSubject": ["|".join(parts)],
-             "XMP-digiKam:TagsList": ["/".join(parts)]}
-    location = {"LocationName": name, "Identifier": [LOCATION_ID_PREFIX + (row.get("class") or name)]}
-    if city:
-        location["City"] = city
-    if country:
-        location["CountryName"] = country
-    # LocationShown is where the landmark is (the camera may have stood elsewhere: that is exif:GPS)
-    where = (info["lat"], info["lon"]) if info else ((float(lat), float(lon)) if source == "landmark" else None)
-    if where is not None:
-        location.update(GPSLatitude=_fmt(where[0]), GPSLongitude=_fmt(where[1]))
-    prov = {"Tool": provenance.get("tool") or CREATOR_TOOL, "Model": provenance.get("model"),
-            "ModelSHA256": provenance.get("model_sha256"), "Method": provenance.get("method"),
-            "Threshold": provenance.get("threshold"), "Confidence": row.get("prob") or None,
-            "Landmark": name, "LandmarkClass": row.get("class") or None}
-    return {"single": single, "lists": lists, "location": location,
-            "provenance": {k: str(v) for k, v in prov.items() if v is not None and v != ""}}
-
-
-def plan_changes(current: dict, wanted: dict | None, gps_allowed: bool = True) -> tuple[dict, list[str]]:
-    """``(assign, delete)``: the ExifTool changes that take a file holding ``current`` (from :func:`_read`) to
-    "its own fields plus ours", ours replaced by ``wanted`` (``None``: ours removed). Empty when nothing changes.
-
-    We replace or remove only what we recorded as ours and nobody changed since; we fill a field only when it is
-    empty, and GPS only when the file has no position at all (neither XMP nor, in a photo, EXIF).
-    """
-    ours_single = {}
-    for item in _as_list(current.get(f"{NS}:Fields")):
-        tag, _, value = str(item).partition("=")
-        if tag in current and _norm(current[tag]) == _norm(value):
-            ours_single[tag] = value
-    state = {k: v for k, v in current.items() if k not in ours_single and not k.startswith(NS + ":")}
-    for tag, record in LIST_TAGS.items():
-        ours = {str(v) for v in _as_list(current.get(f"{NS}:{record}"))}
-        state[tag] = [v for v in _as_list(current.get(tag)) if str(v) not in ours]
-    state[LOCATION_SHOWN] = [s for s in _as_list(current.get(LOCATION_SHOWN)) if not _is_ours(s)]
-
-    if wanted is not None:
-        fields = []
-        has_position = any(k in state for k in ("XMP-exif:GPSLatitude", "XMP-exif:GPSLongitude", "GPS:GPSLatitude"))
-        for tag, value in wanted["single"].items():
-            if tag in state or (tag in GPS_TAGS and (has_position or not gps_allowed)):
-                continue  # someone else's value (a camera's or a person's location) stays
-            state[tag] = value
-            fields.append(f"{tag}={value}")
-        for tag, items in wanted["lists"].items():
-            present = {str(v) for v in state[tag]}
-            added = [v for v in items if v not in present]  # a keyword the user already had stays theirs
-            state[tag] = state[tag] + added
-            if added:
-                state[f"{NS}:{LIST_TAGS[tag]}"] = added
-        state[LOCATION_SHOWN] = state[LOCATION_SHOWN] + [dict(wanted["location"])]
-        for key, value in wanted["provenance"].items():
-            state[f"{NS}:{key}"] = value
-        state[f"{NS}:LocationSource"] = "inferred from the landmark"
-        if any(f.startswith("XMP-exif:GPSLatitude=") for f in fields):
-            state[f"{NS}:GPSSource"] = ("copied from the photo's own EXIF GPS" if wanted.get("gps_source") == "exif"
-                                        else "inferred from the landmark")
-        if fields:
-            state[f"{NS}:Fields"] = fields
-
-    assign, delete = {}, []
-    for tag in sorted(set(current) | set(state)):
-        if tag.startswith("GPS:") or tag == "XMP-x:XMPToolkit":
-            continue
-        old, new = current.get(tag), state.get(tag)
-        if _as_list(new) == []:
-            if _as_list(old) != []:
-                delete.append(tag)
-        elif old is None or _norm(old) != _norm(new):
-            assign[tag] = new
-    return assign, delete
-
-
-def _adopt_earlier_version(current: dict) -> dict:
-    """A sidecar written whole by this tool before it recorded its fields (``xmp:CreatorTool`` is ours, no
-    ``LandmarkTagger`` namespace): all of it is ours, to replace or remove like the rest."""
-    if current.get("XMP-xmp:CreatorTool") != CREATOR_TOOL or any(k.startswith(NS + ":") for k in current):
-        return current
-    adopted = dict(current)
-    singles = (*GPS_TAGS, "XMP-photoshop:City", "XMP-photoshop:Country", "XMP-xmp:CreatorTool")
-    adopted[f"{NS}:Fields"] = [f"{tag}={current[tag]}" for tag in singles if tag in current]
-    adopted[f"{NS}:Keywords"] = _as_list(current.get("XMP-dc:Subject"))
-    return adopted
-
-
-def _is_ours(location) -> bool:
-    return isinstance(location, dict) and any(str(i).startswith(LOCATION_ID_PREFIX)
-                                              for i in _as_list(location.get("Identifier")))
-
-
-def _meaningful(data: dict) -> bool:
-    """Whether a file's XMP holds anything beyond the toolkit's name."""
-    return any(k.startswith("XMP") and k != "XMP-x:XMPToolkit" for k in data)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Writing a file atomically
 # --------------------------------------------------------------------------------------------------------------
 
@@ -446,8 +290,6 @@ def update_metadata(photo: Path, row: dict, provenance: dict, sidecar: bool = Tr
     """
     photo = Path(photo)
     wanted = wanted_fields(row, provenance)
-    if wanted is not None:
-        wanted["gps_source"] = row.get("gps_source") or ""
     results = []
     if sidecar:
         targets = sidecar_paths(photo) or [sidecar_path(photo)]
@@ -467,9 +309,9 @@ def _update_photo(photo: Path, wanted: dict | None) -> str:
         raise MetadataError(f"{photo}: cannot be opened to write metadata into it ({type(exc).__name__})") from None
     if photo.suffix.lower() not in INTO_PHOTO_FORMATS.get(kind, ()):
         return "unsupported"
-    # the camera's position is in the photo already: only an inferred one is worth writing into it
+    # the camera's position is in the photo already: only an estimated one is worth writing into it
     return _update_file(photo, wanted, is_photo=True,
-                        gps_allowed=wanted is not None and wanted.get("gps_source") == "landmark")
+                        gps_allowed=wanted is not None and wanted["location_source"] in ESTIMATED_SOURCES)
 
 
 def write_sidecar(photo: Path, row: dict) -> str:
