@@ -2,13 +2,21 @@
 does it too when it knows the data set).
 
 On held-out photos only: the validation photos of the known landmarks (the ones the model did not train on;
-each searched with its own reference left out) and the calibration half of a folder of photos that show no
-landmark (:func:`src.openset.split_negatives`; the other half is kept for measuring). The threshold is the least
-one at which at most ``--max-false-rate`` of those photos get a landmark.
+each searched with its own reference left out), the same photos with their own landmark left out of the index
+(landmarks the index does not know), and photos that show no landmark from one or more folders, each split into
+*sources* (a folder, or one per ``repo`` of its ``sources.csv``; of each folder only the calibration half,
+:func:`src.openset.split_negatives`, the other half is kept for measuring). The threshold is the least one at
+which every source gets at most ``--max-false-rate`` landmarks; the false rate it keeps on photos from elsewhere
+is measured by leaving each source out of the fit in turn (:func:`src.openset.leave_one_source_out`) and stated
+as the calibration's ``promise``.
+
+Without ``--negatives``: ``$LANDMARK_NEGATIVES``, else ``../shared/data/everyday`` and ``everyday2`` beside the
+project when present, else the small set shipped in ``src/calibration_photos`` (see its README).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 from pathlib import Path
@@ -23,13 +31,15 @@ from .openset import (
     DEFAULT_MAX_FALSE_RATE,
     FALLBACK_MIN_PROB,
     auroc,
-    choose_threshold,
     confidence,
     fit_confidence,
+    fit_open_set,
+    leave_one_source_out,
     shift_to_threshold,
     split_negatives,
     top_features,
     without_class,
+    worst_source_threshold,
 )
 from .pipeline import iter_predictions
 from .recognizer import class_info, fingerprint
@@ -37,15 +47,59 @@ from .recognizer import class_info, fingerprint
 log = logging.getLogger(__name__)
 
 NEGATIVES_ENV_VAR = "LANDMARK_NEGATIVES"
+# Photos without a landmark that may be redistributed, shipped so that a clone without ../shared calibrates too
+SHIPPED_NEGATIVES = Path(__file__).resolve().parent / "calibration_photos"
+HELD_OUT_SOURCE = "landmarks held out of the index"
+SHARED_NEGATIVES = ("everyday", "everyday2")  # ../shared/data/NAME beside the project, when present
 
 
-def default_negatives_dir() -> Path | None:
-    """``$LANDMARK_NEGATIVES``, else ``../shared/data/everyday`` beside the project when present, else None."""
+def default_negatives_dir() -> list[Path] | None:
+    """Folders of photos without landmarks to calibrate on: ``$LANDMARK_NEGATIVES`` (folders separated by
+    ``os.pathsep``; ``none``: none), else ``../shared/data/everyday`` and ``everyday2`` beside the project when
+    present, else the shipped :data:`SHIPPED_NEGATIVES`."""
     override = os.environ.get(NEGATIVES_ENV_VAR)
     if override:
-        return None if override.lower() == "none" else Path(override).expanduser()
-    candidate = PROJECT_ROOT.parent / "shared" / "data" / "everyday"
-    return candidate if candidate.is_dir() else None
+        if override.lower() == "none":
+            return None
+        return [Path(p).expanduser() for p in override.split(os.pathsep) if p]
+    shared = [PROJECT_ROOT.parent / "shared" / "data" / name for name in SHARED_NEGATIVES]
+    shared = [p for p in shared if p.is_dir()]
+    return shared or ([SHIPPED_NEGATIVES] if SHIPPED_NEGATIVES.is_dir() else None)
+
+
+def _repos(folder: Path) -> dict[str, str]:
+    """``{file relative to folder: source name}`` from ``folder/sources.csv``'s ``file`` and ``repo`` columns."""
+    table = folder / "sources.csv"
+    if not table.is_file():
+        return {}
+    with open(table, newline="", encoding="utf-8") as fh:
+        return {row["file"]: row["repo"].rstrip("/").split("/")[-1] for row in csv.DictReader(fh)
+                if row.get("file") and row.get("repo")}
+
+
+def negative_sources(folders) -> dict[str, list[Path]]:
+    """``{source name: photos}`` to calibrate on: each folder is one source named after it, or one per ``repo``
+    of its ``sources.csv`` (``everyday2/COCO128``); of each folder its calibration half (the shipped set whole)."""
+    sources: dict[str, list[Path]] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such folder of photos without landmarks")
+        halves = split_negatives(folder)
+        shipped = folder.resolve() == SHIPPED_NEGATIVES
+        repos = _repos(folder)
+        for path in sorted(halves["calibrate"] + halves["measure"]) if shipped else halves["calibrate"]:
+            repo = repos.get(path.relative_to(folder).as_posix())
+            sources.setdefault(f"{folder.name}/{repo}" if repo else folder.name, []).append(path)
+    return sources
+
+
+def _as_folders(negatives) -> list[Path]:
+    if negatives is None:
+        return []
+    if isinstance(negatives, (str, os.PathLike)):
+        return [Path(negatives)]
+    return [Path(p) for p in negatives]
 
 
 def run_model(backend, paths, desc: str, progress: bool = True):
@@ -117,48 +171,78 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
                    "features": features_used + (["the classifier's probability of that landmark"] if retrieval else []),
                    "known": int(len(ids)), "known_source": known_source, "data_dir": str(data.root),
                    "known_top1": float(known_right.mean()) if len(ids) else None}
-    negative_parts = [top_features(held_out, held_support)] if len(ids) and len(model_classes) > 1 else []
-    negatives = Path(negatives) if negatives is not None else None
-    if negatives is not None:
-        neg_paths = split_negatives(negatives)["calibrate"]
+    sources = {HELD_OUT_SOURCE: top_features(held_out, held_support)} if len(ids) and len(model_classes) > 1 else {}
+    folders = _as_folders(negatives)
+    everyday_names: list[str] = []
+    if folders:
+        by_source = negative_sources(folders)
+        neg_paths = [p for paths in by_source.values() for p in paths]
         if not neg_paths:
-            raise ValueError(f"{negatives}: no photos to calibrate 'no known landmark' on")
-        neg_probs, neg_embeddings, _ = run_model(backend, neg_paths, "Photos without landmarks", progress)
+            raise ValueError(f"{', '.join(map(str, folders))}: no photos to calibrate 'no known landmark' on")
+        neg_probs, neg_embeddings, neg_ok = run_model(backend, neg_paths, "Photos without landmarks", progress)
         neg_scores = index.class_scores(neg_embeddings, neighbours=len(index)) if retrieval \
             else neg_probs.astype(np.float64)
-        negative_parts.insert(0, top_features(neg_scores, neg_probs.astype(np.float64) if retrieval else None))
-        calibration.update(negatives=int(len(neg_scores)), negatives_dir=str(negatives),
+        neg_features = top_features(neg_scores, neg_probs.astype(np.float64) if retrieval else None)
+        owner = np.repeat(np.arange(len(by_source)), [len(v) for v in by_source.values()])[neg_ok]
+        for number, name in enumerate(by_source):
+            if (owner == number).any():
+                sources[name] = neg_features[owner == number]
+                everyday_names.append(name)
+        calibration.update(negatives=int(len(neg_features)), negatives_dir=os.pathsep.join(map(str, folders)),
                            unknown_landmarks=int(len(ids)))
     known_features = top_features(known_scores, known_support)
-    neg_features = np.concatenate(negative_parts) if negative_parts else np.zeros((0, known_features.shape[1]))
-    features = np.concatenate([known_features, neg_features])
-    right = np.concatenate([known_right, np.zeros(len(neg_features), dtype=bool)]).astype(float)
-    if 0 < right.sum() < len(right):
-        calibration["confidence"] = fit_confidence(features, right)
-        if retrieval:  # enrolled landmarks have no classifier output: scored on the first two features alone
-            calibration["confidence_enrolled"] = fit_confidence(features[:, :2], right)
-    n_everyday = calibration.get("negatives", 0)
+    width = known_features.shape[1]
+    everyday = np.concatenate([sources[n] for n in everyday_names]) if everyday_names else np.zeros((0, width))
+    unknown = sources.get(HELD_OUT_SOURCE, np.zeros((0, width)))
     calibration["samples"] = {  # what the calibration saw, for plots (python -m src calibrate shows the figures)
         "known": np.round(np.c_[known_features, known_right], 4).tolist(),
-        "everyday": np.round(neg_features[:n_everyday], 4).tolist(),
-        "unknown_landmarks": np.round(neg_features[n_everyday:], 4).tolist()}
-    if negatives is not None and "confidence" in calibration:
-        conf_known = confidence(known_features, calibration["confidence"])
-        conf_neg = confidence(neg_features, calibration["confidence"])
-        threshold = choose_threshold(conf_neg, max_false_rate)
-        if retrieval:  # shifted so that the one threshold gives enrolled landmarks the same calibrated false rate
-            enrolled = calibration["confidence_enrolled"]
-            own = choose_threshold(confidence(neg_features[:, :2], enrolled), max_false_rate)
+        "everyday": np.round(everyday, 4).tolist(), "unknown_landmarks": np.round(unknown, 4).tolist()}
+    calibration["sources"] = {name: int(len(f)) for name, f in sorted(sources.items())}
+    neg_all = np.concatenate([everyday, unknown])
+    fittable = 0 < known_right.sum() and len(neg_all)
+    if folders and fittable:
+        model, threshold = fit_open_set(known_features, known_right, sources, max_false_rate)
+        calibration["confidence"] = model
+        if retrieval:  # enrolled landmarks have no classifier output: scored on the first two features alone,
+            # shifted so that the one threshold gives them the same calibrated false rate on every source
+            enrolled = fit_confidence(np.concatenate([known_features, neg_all])[:, :2],
+                                      np.r_[known_right, np.zeros(len(neg_all))].astype(float))
+            own = worst_source_threshold({n: confidence(f[:, :2], enrolled) for n, f in sources.items()},
+                                         max_false_rate)
             calibration["confidence_enrolled"] = shift_to_threshold(enrolled, own, threshold)
-        calibration.update(threshold=threshold, measured_on_calibration={
-            "known_tagged_right": float(np.mean((conf_known >= threshold) & known_right)),
-            "negatives_given_landmark": float(np.mean(conf_neg[:n_everyday] >= threshold)),
-            "unknown_landmarks_given_landmark": float(np.mean(conf_neg[n_everyday:] >= threshold)),
-            "auroc": auroc(conf_known[known_right], conf_neg)})
+        # the promise: the false rate on photos from a source the fit never saw, each source left out in turn
+        held = leave_one_source_out(known_features, known_right, sources, max_false_rate)
+        conf_known = confidence(known_features, model)
+        per_source = {n: float(np.mean(confidence(f, model) >= threshold)) for n, f in sorted(sources.items())}
+        promise = max(held.values()) if held else max(per_source.values())
+        n_everyday = sum(calibration["sources"][n] for n in everyday_names)
+        text = (f"calibrated on {n_everyday} photos without a known landmark from {len(everyday_names)} source"
+                f"{'s' if len(everyday_names) != 1 else ''}")
+        if len(unknown):
+            text += f" + {len(unknown)} photos of landmarks held out of the index"
+        text += (f"; at most {promise:.1%} given a landmark on a held-out source" if held else
+                 f"; {promise:.1%} given a landmark on its own photos (one source: none held out)")
+        calibration.update(threshold=threshold, threshold_source=text, held_out_false_rate=held,
+                           promise=float(promise), promise_measured=bool(held), measured_on_calibration={
+                               "known_tagged_right": float(np.mean((conf_known >= threshold) & known_right)),
+                               "negatives_given_landmark": float(np.mean(confidence(everyday, model) >= threshold))
+                               if len(everyday) else None,
+                               "unknown_landmarks_given_landmark": per_source.get(HELD_OUT_SOURCE),
+                               "per_source": per_source,
+                               "auroc": auroc(conf_known[known_right], confidence(neg_all, model))})
     else:
+        if fittable:  # the confidence still ranks answers; only the threshold is not calibrated
+            calibration["confidence"] = fit_confidence(np.concatenate([known_features, neg_all]),
+                                                       np.r_[known_right, np.zeros(len(neg_all))].astype(float))
+            if retrieval:
+                calibration["confidence_enrolled"] = fit_confidence(
+                    np.concatenate([known_features, neg_all])[:, :2],
+                    np.r_[known_right, np.zeros(len(neg_all))].astype(float))
         log.warning("no photos without landmarks to calibrate on (give --negatives DIR or set $%s): the default "
                     "threshold is the uncalibrated fallback %.2f", NEGATIVES_ENV_VAR, FALLBACK_MIN_PROB)
-        calibration.update(threshold=FALLBACK_MIN_PROB, threshold_source="fallback (no negatives)")
+        calibration.update(threshold=FALLBACK_MIN_PROB,
+                           threshold_source="uncalibrated fallback (no photos without landmarks)",
+                           held_out_false_rate={}, promise=None, promise_measured=False)
     index.calibration = calibration
     return index
 
@@ -174,25 +258,30 @@ def calibrate_model(model_path: str | os.PathLike, data_dir, negatives=None, val
 
 
 def describe_calibration(path: Path, index: LandmarkIndex) -> str:
+    """What was written and which photos calibrated the threshold, with the false rate per held-out source."""
     cal = index.calibration
     text = (f"Wrote {path}: {cal['method']}, {len(index)} reference photos of {len(index.classes)} landmarks; "
-            f"default threshold {cal['threshold']:.3f}")
+            f"default threshold {cal['threshold']:.3f}, {cal.get('threshold_source', '')}")
     measured = cal.get("measured_on_calibration")
     if measured:
-        text += (f" (on the calibration photos: {measured['negatives_given_landmark']:.1%} of {cal['negatives']} "
-                 f"without landmarks and {measured['unknown_landmarks_given_landmark']:.1%} of {cal['known']} "
-                 f"landmarks left out of the index given one; {measured['known_tagged_right']:.1%} of the "
-                 f"{cal['known_source']} tagged right)")
-    else:
-        text += " (uncalibrated fallback: no photos without landmarks were given)"
+        text += f" ({measured['known_tagged_right']:.1%} of the {cal['known_source']} tagged right)"
+        where = cal.get("negatives_dir", "")
+        text += f"\nPhotos without a known landmark: {where}" if where else ""
+        held = cal.get("held_out_false_rate") or {}
+        for name, count in cal.get("sources", {}).items():
+            own = measured.get("per_source", {}).get(name)
+            text += (f"\n  {name}: {count} photos, given a landmark {own:.1%} when fitted with them"
+                     + (f", {held[name]:.1%} when left out of the fit" if name in held else ""))
     return text
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--negatives", default=None, metavar="DIR",
-                        help="photos that show no landmark, for the 'no known landmark' threshold (its fixed "
-                             "calibration half is used; default: $LANDMARK_NEGATIVES, else ../shared/data/everyday "
-                             "when present; 'none': no calibration, the fallback threshold)")
+    parser.add_argument("--negatives", default=None, metavar="DIR", action="append",
+                        help="a folder of photos that show no landmark, for the 'no known landmark' threshold "
+                             "(repeat for several; each is one source, or one per 'repo' of its sources.csv; its "
+                             "fixed calibration half is used; default: $LANDMARK_NEGATIVES, else "
+                             "../shared/data/everyday and everyday2 when present, else the photos shipped in "
+                             "src/calibration_photos; 'none': no calibration, the fallback threshold)")
     parser.add_argument("--max-false-rate", type=float, default=DEFAULT_MAX_FALSE_RATE,
                         help=f"target: at most this share of photos without a landmark get one (default "
                              f"{DEFAULT_MAX_FALSE_RATE})")
@@ -201,10 +290,14 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="split seed the model was trained with (default 42)")
 
 
-def negatives_from_args(value: str | None) -> Path | None:
+def negatives_from_args(value) -> list[Path] | None:
+    """``--negatives`` (None, a folder, or the list of folders given) -> folders to calibrate on, or None."""
     if value is None:
         return default_negatives_dir()
-    return None if value.lower() == "none" else Path(value)
+    values = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+    if any(str(v).lower() == "none" for v in values):
+        return None
+    return [Path(v) for v in values]
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -151,6 +151,40 @@ def choose_threshold(negative_scores: Sequence[float], max_false_rate: float = D
     return float(np.nextafter(scores[allowed], np.inf))
 
 
+def worst_source_threshold(scores_by_source: dict[str, np.ndarray], max_false_rate: float) -> float:
+    """The lowest threshold at which EVERY source (a set of photos from one place: a photo collection, landmarks
+    held out of the index) lets at most ``max_false_rate`` of its photos through: pooled, a large easy source
+    would hide a small hard one (landscapes, ordinary buildings)."""
+    return max(choose_threshold(scores, max_false_rate) for scores in scores_by_source.values() if len(scores))
+
+
+def fit_open_set(known: np.ndarray, right: np.ndarray, sources: dict[str, np.ndarray],
+                 max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> tuple[dict, float]:
+    """``(confidence model, threshold)`` fitted on known-landmark photos (``known`` features, ``right``: the top
+    answer is their landmark) and photos without a known landmark, ``{source: features}``; the threshold is
+    :func:`worst_source_threshold`. Sources are taken in name order: the same inputs give the same threshold."""
+    names = sorted(n for n in sources if len(sources[n]))
+    negatives = np.concatenate([np.asarray(sources[n], dtype=np.float64) for n in names])
+    model = fit_confidence(np.concatenate([known, negatives]),
+                           np.r_[np.asarray(right, dtype=np.float64), np.zeros(len(negatives))])
+    return model, worst_source_threshold({n: confidence(sources[n], model) for n in names}, max_false_rate)
+
+
+def leave_one_source_out(known: np.ndarray, right: np.ndarray, sources: dict[str, np.ndarray],
+                         max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> dict[str, float]:
+    """For each source: fit (:func:`fit_open_set`) on all the others, and measure the share of the left-out
+    source's photos given a landmark: the false rate on photos from a place the calibration never saw.
+    ``{}`` with fewer than two sources (nothing to leave out)."""
+    names = sorted(n for n in sources if len(sources[n]))
+    if len(names) < 2:
+        return {}
+    rates = {}
+    for name in names:
+        model, threshold = fit_open_set(known, right, {n: sources[n] for n in names if n != name}, max_false_rate)
+        rates[name] = float(np.mean(confidence(sources[name], model) >= threshold))
+    return rates
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ from src.openset import (
     choose_threshold,
     confidence,
     fit_confidence,
+    fit_open_set,
     global_average_precision,
+    leave_one_source_out,
     open_set_summary,
     split_negatives,
 )
@@ -88,6 +90,34 @@ def test_negatives_split_into_two_fixed_disjoint_halves_of_each_kind(tmp_path):
         assert sum(p.parent.name == kind for p in cal) == 4 and sum(p.parent.name == kind for p in mea) == 3
     again = split_negatives(tmp_path)
     assert again == halves  # same on every run
+
+
+def sources_fixture(seed: int = 7):
+    """Known photos (score, margin) and three sources without a landmark, one of them harder than the others."""
+    rng = np.random.default_rng(seed)
+    known = np.c_[rng.normal(0.8, 0.08, 120), rng.normal(0.25, 0.08, 120)]
+    right = rng.uniform(size=120) < 0.85
+    sources = {"easy": np.c_[rng.normal(0.35, 0.08, 80), rng.normal(0.05, 0.04, 80)],
+               "also easy": np.c_[rng.normal(0.4, 0.08, 60), rng.normal(0.06, 0.04, 60)],
+               "hard": np.c_[rng.normal(0.62, 0.1, 50), rng.normal(0.12, 0.06, 50)]}
+    return known, right, sources
+
+
+def test_leave_one_source_out_is_deterministic_and_measures_each_source_left_out_of_the_fit():
+    known, right, sources = sources_fixture()
+    model, threshold = fit_open_set(known, right, sources, 0.02)
+    again = fit_open_set(known, right, dict(reversed(list(sources.items()))), 0.02)  # order does not matter
+    assert threshold == again[1] and model == again[0]
+    for name, features in sources.items():  # every source within the target, not just the pooled photos
+        assert np.mean(confidence(features, model) >= threshold) <= 0.02
+    held = leave_one_source_out(known, right, sources, 0.02)
+    assert held == leave_one_source_out(known, right, sources, 0.02) and sorted(held) == sorted(sources)
+    for name in sources:
+        m, t = fit_open_set(known, right, {n: f for n, f in sources.items() if n != name}, 0.02)
+        assert held[name] == np.mean(confidence(sources[name], m) >= t)
+    # the hard source, never seen by its fit, is given landmarks more often than the target: what LOSO is for
+    assert held["hard"] > 0.02 >= held["easy"]
+    assert leave_one_source_out(known, right, {"only": sources["easy"]}) == {}
 
 
 # ---- the index ---------------------------------------------------------------------------------------------------
@@ -223,6 +253,57 @@ def test_export_builds_a_calibrated_index_with_a_threshold_above_every_calibrati
     assert [r["class"] for r in records(recognizer, test)] == [p.parent.name for p in test]
     measure = split_negatives(calibrated["negatives"])["measure"]
     assert all(r["status"] == "no_known_landmark" and r["lat"] is None for r in records(recognizer, measure))
+
+
+def test_calibration_states_its_sources_and_the_false_rate_on_each_one_left_out(calibrated, tmp_path, capsys):
+    cal = Recognizer.load(calibrated["model"]).calibration
+    assert cal["sources"] == {"everyday": 10, "landmarks held out of the index": 6}
+    assert sorted(cal["held_out_false_rate"]) == sorted(cal["sources"])
+    assert cal["promise"] == max(cal["held_out_false_rate"].values()) and cal["promise_measured"]
+    assert cal["threshold_source"].startswith("calibrated on 10 photos without a known landmark from 1 source + 6 "
+                                              "photos of landmarks held out of the index")
+    # two folders; one split into a source per repository of its sources.csv
+    more = negatives_folder(tmp_path / "more", n=12)
+    with open(more / "sources.csv", "w") as fh:
+        fh.write("file,kind,repo\n" + "".join(f"{p.relative_to(more).as_posix()},x,org/{'a' if i % 2 else 'b'}\n"
+                                               for i, p in enumerate(sorted(more.rglob("*.png")))))
+    model = str(calibrated["model"])
+    assert cli(["calibrate", "--model", model, "--data-dir", str(calibrated["data"]), "--negatives",
+                str(calibrated["negatives"]), "--negatives", str(more)]) == 0
+    printed = capsys.readouterr().out
+    cal = Recognizer.load(calibrated["model"]).calibration
+    assert set(cal["sources"]) == {"everyday", "more/a", "more/b", "landmarks held out of the index"}
+    assert sum(cal["sources"][n] for n in ("more/a", "more/b")) == 6  # the calibration half of 12
+    for name in cal["sources"]:
+        assert f"  {name}: {cal['sources'][name]} photos" in printed and "when left out of the fit" in printed
+    # no photos without landmarks: the fallback says so
+    assert cli(["calibrate", "--model", model, "--data-dir", str(calibrated["data"]), "--negatives", "none"]) == 0
+    cal = Recognizer.load(calibrated["model"]).calibration
+    assert cal["threshold_source"] == "uncalibrated fallback (no photos without landmarks)"
+    assert cal["promise"] is None and cal["threshold"] == 0.9
+
+
+def test_a_fresh_clone_without_shared_photos_calibrates_on_the_photos_it_ships(tmp_path, tiny_dataset, monkeypatch,
+                                                                               capsys):
+    from src import calibrate as calibrate_module
+
+    monkeypatch.delenv("LANDMARK_NEGATIVES")
+    monkeypatch.setattr(calibrate_module, "PROJECT_ROOT", tmp_path / "clone")  # no ../shared beside it
+    assert calibrate_module.default_negatives_dir() == [calibrate_module.SHIPPED_NEGATIVES]
+    shipped = sorted(calibrate_module.SHIPPED_NEGATIVES.rglob("*.jpg"))
+    assert len(shipped) == 7 and sum(p.stat().st_size for p in shipped) < 10e6
+    listed = (calibrate_module.SHIPPED_NEGATIVES / "sources.csv").read_text()
+    assert all(p.relative_to(calibrate_module.SHIPPED_NEGATIVES).as_posix() in listed for p in shipped)
+    classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
+    model = export_tiny(tmp_path / "model.pt", classes)
+    assert cli(["calibrate", "--model", str(model), "--data-dir", str(tiny_dataset)]) == 0
+    printed = capsys.readouterr().out
+    cal = Recognizer.load(model).calibration
+    assert cal["sources"] == {"calibration_photos/EasyOCR": 6, "calibration_photos/matplotlib": 1,
+                              "landmarks held out of the index": 6}
+    assert cal["threshold_source"].startswith("calibrated on 7 photos without a known landmark from 2 sources")
+    assert cal["threshold"] != 0.9 and isinstance(cal["promise"], float)
+    assert "calibration_photos/EasyOCR: 6 photos" in printed and "when left out of the fit" in printed
 
 
 def test_retrieval_confidence_uses_the_classifier_and_enrolled_landmarks_share_the_threshold(calibrated, tmp_path):
