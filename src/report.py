@@ -27,6 +27,7 @@ from folium.plugins import MarkerCluster
 
 from .helpers import atomic_write_text, ensure_writable_dir
 from .images import ImageLoadError, open_image
+from .metadata_fields import location_source
 
 ASSETS = Path(__file__).resolve().with_name("report_assets")
 # folium's CDN links -> the local copies that replace them (the page must not need the network for its code)
@@ -45,6 +46,12 @@ NO_LANDMARK_GROUP = "No known landmark"
 COLOURS = ["#d7263d", "#1b998b", "#2e86ab", "#f46036", "#7b2cbf", "#3a7d44", "#c5283d", "#e9724c", "#255f85",
            "#8e6c8a", "#5f0f40", "#0f4c5c"]
 TILE_HOSTS = ("tile.openstreetmap.org",)  # the only thing the page fetches from the network
+# Where a place came from -> (legend text, pin CSS class): measured places are filled dots, estimates are drawn
+# apart (a ring for the capture time, a square for a track, a diamond for a landmark) with their accuracy radius.
+SOURCES = {"camera": ("camera GPS", "lt-pin"), "track": ("GPS track", "lt-pin lt-track"),
+           "time": ("estimated from the capture time", "lt-pin lt-time"),
+           "landmark+time": ("landmark, agreeing with the capture time", "lt-pin lt-landmark"),
+           "landmark": ("landmark location", "lt-pin lt-landmark")}
 
 
 class _Map(folium.Map):
@@ -89,6 +96,7 @@ class ReportSummary:
     landmarks: list[str] = field(default_factory=list)
     missing_thumbnails: int = 0
     size_bytes: int = 0
+    by_source: dict = field(default_factory=dict)  # location_source -> photos on the map
 
 
 def read_tag_rows(path: Path) -> list[dict]:
@@ -155,11 +163,34 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "group"
 
 
+def where_text(row: dict) -> str:
+    """How a photo's place was found, for people: ``"estimated from the capture time (IMG_1.JPG, 4 min
+    earlier), within 350 m"``."""
+    source = location_source(row)
+    text = SOURCES.get(source, ("", ""))[0] or source
+    if row.get("evidence") and source not in ("camera", ""):
+        text += f" ({row['evidence']})"
+    if row.get("accuracy_m") and source != "camera":
+        metres = float(row["accuracy_m"])
+        text += f", within {metres / 1000:.1f} km" if metres >= 1000 else f", within {metres:.0f} m"
+    return text
+
+
 def build_map(groups: dict[str, list[Photo]], colours: dict[str, str]) -> tuple[folium.Figure, _Map, int]:
     placed = [(name, p) for name, members in groups.items() for p in members if p.position is not None]
     fig = folium.Figure()
     fmap = _Map(location=[20, 0], zoom_start=2, height="62vh", tiles="OpenStreetMap", control_scale=True)
     fmap.add_to(fig)
+    # the accuracy of every estimated place, a circle of its radius; a layer of its own (off when it clutters)
+    radii = folium.FeatureGroup(name="accuracy of estimated places", show=True)
+    for _, photo in placed:
+        source = location_source(photo.row)
+        if source not in ("camera", "") and photo.row.get("accuracy_m"):
+            folium.Circle(photo.position, radius=float(photo.row["accuracy_m"]), weight=1, fill=True,
+                          fill_opacity=0.08, opacity=0.5, color="#1f2933",
+                          tooltip=f"{_e(photo.name)}: {_e(where_text(photo.row))}").add_to(radii)
+    if radii._children:
+        radii.add_to(fmap)
     for name, members in groups.items():
         located = [p for p in members if p.position is not None]
         if not located:
@@ -174,11 +205,13 @@ def build_map(groups: dict[str, list[Photo]], colours: dict[str, str]) -> tuple[
             image = (f'<img class="lt-popup-img" data-ref="thumb-{photo.index}" alt="{_e(photo.name)}">'
                      if photo.thumbnail else "")
             detail = name if name == NO_LANDMARK_GROUP else f"{name} ({float(photo.row.get('prob') or 0):.0%})"
-            where = "camera GPS" if photo.row.get("gps_source") == "exif" else "landmark location"
+            source = location_source(photo.row)
+            pin = SOURCES.get(source, ("", "lt-pin"))[1]
             popup = (f'<div class="lt-popup">{image}<div class="lt-popup-name">{_e(photo.name)}</div>'
-                     f'<div class="lt-popup-detail">{_e(detail)} · {where}</div></div>')
-            folium.Marker(photo.position, popup=folium.Popup(popup, max_width=240), tooltip=_e(photo.name),
-                          icon=folium.DivIcon(html=f'<div class="lt-pin" style="background:{colour}"></div>',
+                     f'<div class="lt-popup-detail">{_e(detail)} · {_e(where_text(photo.row))}</div></div>')
+            folium.Marker(photo.position, popup=folium.Popup(popup, max_width=260), tooltip=_e(photo.name),
+                          icon=folium.DivIcon(html=f'<div class="{pin}" data-source="{_e(source)}" '
+                                                   f'style="--c:{colour}"></div>',
                                               icon_size=(14, 14), icon_anchor=(7, 7), class_name="lt-pin-icon"),
                           ).add_to(cluster)
     if placed:
@@ -204,8 +237,13 @@ main { padding: 0 20px 30px 20px; }
 .lt-missing { width: 132px; height: 100px; background: #eee; display: flex; align-items: center;
   justify-content: center; font-size: 0.7rem; color: #888; border-radius: 4px; text-align: center; }
 .lt-errors li { font-family: ui-monospace, monospace; font-size: 0.8rem; }
-.lt-pin { width: 14px; height: 14px; border-radius: 50%; border: 2px solid #fff; box-shadow: 0 0 3px #000;
-  box-sizing: border-box; }
+.lt-pin, .lt-key { width: 14px; height: 14px; border-radius: 50%; border: 2px solid #fff; box-shadow: 0 0 3px #000;
+  box-sizing: border-box; background: var(--c); }
+.lt-time { background: #fff; border: 4px solid var(--c); }
+.lt-track { border-radius: 2px; }
+.lt-landmark { border-radius: 2px; transform: rotate(45deg); }
+.lt-legend span { display: inline-flex; align-items: center; gap: 5px; margin-right: 16px; font-size: 0.85rem; }
+.lt-key { --c: #9aa5b1; display: inline-block; box-shadow: none; }
 .lt-pin-icon, .lt-cluster-icon { background: none; border: none; }
 .lt-cluster { width: 36px; height: 36px; border-radius: 50%; color: #fff; font-weight: bold; display: flex;
   align-items: center; justify-content: center; border: 3px solid rgba(255,255,255,0.8); box-sizing: border-box; }
@@ -314,7 +352,13 @@ def build_report(csv_path: str | os.PathLike, photos: str | os.PathLike | None =
               f'<span><b id="count-no-landmark">{summary.no_landmark}</b> no known landmark</span>'
               f'<span><b id="count-errors">{summary.errors}</b> errors</span>'
               f'<span><b id="count-on-map">{summary.on_map}</b> on the map</span></div>')
-    header = (f"<header><h1>{_e(title)}</h1><div>{_e(folder)}</div>{counts}</header>")
+    by_source = Counter(location_source(p.row) for p in shown if p.position is not None)
+    summary.by_source = {k: by_source[k] for k in SOURCES if by_source[k]}
+    keys = {k: SOURCES[k][1].replace("lt-pin", "lt-key") for k in summary.by_source}
+    legend = "".join(f'<span data-source="{_e(k)}"><i class="{keys[k]}"></i>{_e(SOURCES[k][0])}: <b>{n}</b></span>'
+                     for k, n in summary.by_source.items())
+    legend = f'<div class="lt-legend">{legend}</div>' if legend else ""
+    header = (f"<header><h1>{_e(title)}</h1><div>{_e(folder)}</div>{counts}{legend}</header>")
     fig.html.add_child(folium.Element(header), name="lt_header", index=0)
     page = fig.render()
     # the map adds its div to the body as it renders: the gallery goes after it, at the end of the body

@@ -236,3 +236,38 @@ def test_screenshot_of_a_real_library_for_the_docs(chromium, tmp_path):
     shot = SCREENSHOT if os.environ.get("LANDMARK_SCREENSHOTS") else tmp_path / "shot.png"
     seen = render(chromium, out, screenshot=shot)
     assert len(seen["sections"]) == 14 and seen["errors"] == []
+
+
+def test_report_draws_each_place_by_where_it_came_from_with_the_radius_of_estimates(tmp_path):
+    """Camera GPS, a track, the capture time and a landmark are told apart on the map and in the legend; an
+    estimate shows its accuracy radius and its evidence; a photo without a place is not on the map."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    columns = COLUMNS + ["location_source", "accuracy_m", "evidence"]
+    rows = [
+        dict(ok_row("camera.jpg", "16.Eiffel_Tower", gps=(48.8584, 2.2945)), location_source="camera"),
+        {"path": "walk.jpg", "status": "no_known_landmark", "landmark": "no known landmark", "prob": "0.1",
+         "lat": "48.85", "lon": "2.30", "location_source": "time", "accuracy_m": "350",
+         "evidence": "camera.jpg, 4 min earlier"},
+        {"path": "hike.jpg", "status": "no_known_landmark", "landmark": "no known landmark", "prob": "0.1",
+         "lat": "47.4", "lon": "11.0", "location_source": "track", "accuracy_m": "12",
+         "evidence": "track hike.gpx, between points 10 s apart"},
+        dict(ok_row("scan.jpg", "09.Golden_Gate_Bridge"), location_source="landmark", accuracy_m="2000"),
+        {"path": "home.jpg", "status": "no_known_landmark", "landmark": "no known landmark", "prob": "0.1",
+         "location_source": "none"},
+    ]
+    for i, row in enumerate(rows):
+        make_photo(photos / row["path"], i % 3, i)
+    tags = tmp_path / "tags.csv"
+    with open(tags, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({c: r.get(c, "") for c in columns} for r in rows)
+    summary = build_report(tags, photos, tmp_path / "lib.html")
+    page = (tmp_path / "lib.html").read_text(encoding="utf-8")
+    assert summary.on_map == 4 and summary.by_source == {"camera": 1, "track": 1, "time": 1, "landmark": 1}
+    for source in ("camera", "track", "time", "landmark"):
+        assert f'data-source=\\"{source}\\"' in page or f'data-source="{source}"' in page
+    assert "estimated from the capture time (camera.jpg, 4 min earlier), within 350 m" in page
+    assert "within 2.0 km" in page  # the landmark's radius
+    assert page.count("L.circle(") == 3  # the three estimates; the camera's own GPS has no circle
