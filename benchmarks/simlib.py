@@ -145,15 +145,14 @@ def lerp(a: tuple[float, float], b: tuple[float, float], f: float) -> tuple[floa
 
 class Pools:
     """The photos each kind of shot draws from, each used at most once; the everyday photos are the *measure*
-    half of ``everyday`` (the other half calibrates the model) plus all of ``everyday2``."""
+    halves of ``everyday`` and ``everyday2`` (:func:`src.openset.split_negatives`; the other halves calibrate the
+    model's "no known landmark")."""
 
     def __init__(self, data: Path, rng: random.Random):
         self.data, self.rng = data, rng
         self.everyday: dict[str, list[str]] = {}
-        for path in split_negatives(data / "everyday")["measure"]:
-            self.everyday.setdefault(path.parent.name, []).append(path.relative_to(data).as_posix())
-        for path in sorted((data / "everyday2").rglob("*")):
-            if path.is_file() and path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.parent.name != "everyday2":
+        for folder in ("everyday", "everyday2"):   # `calibrate` calibrates on the other halves of both
+            for path in split_negatives(data / folder)["measure"]:
                 self.everyday.setdefault(path.parent.name, []).append(path.relative_to(data).as_posix())
         for items in self.everyday.values():
             rng.shuffle(items)
@@ -187,7 +186,7 @@ class Planner:
     def session(self, day: date, hhmm: float, minutes: float, zone: str, centre: tuple[float, float], *,
                 phone: int = 0, camera: int = 0, partner: int = 0, contents: list | None = None,
                 day_kind: str = "home", place: str = "Munich", clocks: dict | None = None, walk_mps: float = 0.7,
-                situation: tuple[str, ...] = ()) -> None:
+                situation: tuple[str, ...] = (), kinds: list[str] | None = None) -> None:
         """Shots of one outing: the devices' photos within ``minutes`` of ``hhmm`` local time, walking from a point
         near ``centre``; a camera's photos are taken minutes from the phone's. ``contents``: (content, landmark)
         per photo, the rest everyday photos of the place's kinds."""
@@ -213,7 +212,7 @@ class Planner:
                 times.append((dev, min(max(t, 0.0), minutes)))
         rng.shuffle(times)
         contents = list(contents or [])
-        kinds = HOME_KINDS if day_kind == "home" else TRIP_KINDS
+        kinds = kinds or (HOME_KINDS if day_kind == "home" else TRIP_KINDS)
         for i, (dev, t) in enumerate(sorted(times, key=lambda x: x[1])):
             content, landmark = contents[i] if i < len(contents) else ("none", None)
             source = landmark[1] if content != "none" else self.pools.take(rng.choice(kinds))
@@ -229,8 +228,9 @@ class Planner:
     def home_days(self, busy: set[date]) -> None:
         rng, day = self.rng, date(YEAR, 1, 1)
         while day.year == YEAR:
-            chance = 0.13 if day.weekday() < 5 else 0.27     # weekends more
-            if day not in busy and (day in PARTNER_TOGETHER_DAYS or rng.random() < chance):
+            chance = 0.08 if day.weekday() < 5 else 0.18     # weekends more
+            left = sum(map(len, self.pools.everyday.values()))
+            if day not in busy and left > 20 and (day in PARTNER_TOGETHER_DAYS or rng.random() < chance):
                 for _ in range(1 if rng.random() < 0.75 else 2):
                     camera = rng.choice([0, 0, 0, 2, 3]) if day.weekday() >= 5 else 0
                     partner = 2 if day in PARTNER_TOGETHER_DAYS else 0
@@ -337,11 +337,9 @@ class Planner:
 
     def landscape_day(self) -> None:
         for i, spot in enumerate(LANDSCAPE_SPOTS):
-            start_n = len(self.shots)
             self.session(LANDSCAPE_DAY, 10 + 2.5 * i, 60, HOME_ZONE, spot, phone=3, camera=4, day_kind="landscape",
-                         place="Chiemgau/Berchtesgaden", partner=1 if i == 0 else 0)
-            for shot in self.shots[start_n:]:   # landscapes and ordinary streets, not the home kinds
-                shot.source = self.pools.take(self.rng.choice(["nature", "nature", "streets_buildings"]))
+                         place="Chiemgau/Berchtesgaden", partner=1 if i == 0 else 0,
+                         kinds=["nature", "nature", "streets_buildings"])
 
     def scans(self) -> None:
         for kind, items in (("known", SCAN_KNOWN), ("untaught", SCAN_UNTAUGHT), ("none", SCAN_EVERYDAY)):
