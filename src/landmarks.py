@@ -15,11 +15,12 @@ from .data import class_display_name
 
 LANDMARKS_FILE = Path(__file__).resolve().parent / "landmarks.json"
 NO_LANDMARK = "no known landmark"
+DEFAULT_RADIUS_M = 2_000.0  # how far from its point a landmark without its own "radius_m" can be photographed
 
 
 @functools.lru_cache(maxsize=None)
 def load_landmarks(path: str | None = None) -> dict[str, dict]:
-    """``{folder name: {"name", "city", "country", "lat", "lon"[, "note"]}}`` from the data file."""
+    """``{folder name: {"name", "city", "country", "lat", "lon"[, "radius_m", "note"]}}`` from the data file."""
     with open(path or LANDMARKS_FILE, encoding="utf-8") as fh:
         return json.load(fh)["landmarks"]
 
@@ -45,6 +46,13 @@ def landmark_info(folder_name: str) -> dict | None:
     """
     info = load_landmarks().get(folder_name) or _by_bare_name().get(bare_name(folder_name))
     return dict(info) if info is not None else None
+
+
+def landmark_radius_m(folder_name: str) -> float:
+    """How far (metres) from its point a photo of the landmark can be taken: ``radius_m`` in the data file (km for
+    natural areas and long structures), else :data:`DEFAULT_RADIUS_M`."""
+    info = landmark_info(folder_name)
+    return float(info.get("radius_m", DEFAULT_RADIUS_M)) if info else DEFAULT_RADIUS_M
 
 
 def display_name(folder_name: str) -> str:

@@ -1,0 +1,342 @@
+"""Whose camera, and on which clock: per device and session, the offset of its clock to UTC and whether it was
+with a GPS device, from the evidence of the library itself.
+
+A *session* is a run of one device's photos (without their own GPS) with no pause over ``session_gap_s``. For a
+device whose photos carry no UTC offset, candidate offsets on a 15-minute grid from -12 h to +14 h are scored
+against each GPS device's photos: ``score = matched + LANDMARK_WEIGHT * (agree - disagree)``, where ``matched``
+counts the session's photos with a GPS photo within ``match_window_s`` at that offset and ``agree``/``disagree``
+its confident landmarks near / far from where the GPS device was. The *clear winner rule*: the best offset's score
+is at least ``min_support`` and beats every offset 45 min or more away by at least ``max(min_margin, 25 % of the
+score)`` (a chance alignment of unrelated shooting gives a broad plateau or several peaks, not one clear peak). A
+session without a clear winner takes its device's offset from the nearest session that had one when that offset
+scores as well as the best (its history) and has some support; otherwise its photos get no place.
+
+*Together*: a session is placed from a GPS device only when it was with it: the same device, the user's
+``together`` mapping, or evidence: at home (a place where the GPS devices spend many days) the interleaving
+(same clear-peak rule at the known or estimated offset) or a landmark agreement or similar scenes suffice; away
+from home interleaving alone is not enough: it needs a landmark agreement, similar scenes (the pixels), or an
+adjacent session of the same device (within ``adjacent_gap_s``) that was shown to be on the same trip.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .neighbours import Anchors, format_gap, haversine_m
+
+if TYPE_CHECKING:
+    from .locate import LocateOptions
+
+GRID_MIN = np.arange(-12 * 60, 14 * 60 + 1, 15)      # every UTC offset in use is on this grid
+SHIFTS_MIN = np.arange(-3 * 60, 3 * 60 + 1, 15)      # a known clock's chance level: the same photos shifted
+RIVAL_MIN = 45                # offsets this far from the best count as a different hypothesis
+LANDMARK_WEIGHT = 3           # a confident landmark where the GPS device was is worth 3 matched photos
+AGREE_SLACK_M = 1_000.0
+DISAGREE_SLACK_M = 25_000.0
+HOME_CELL_DEG = 0.5
+SIMILAR_SHIFT_S = 3 * 3600.0  # baseline pairs: the same photos against GPS photos from 3 h before and after
+
+
+@dataclass
+class Session:
+    device: str
+    known: bool                              # every photo carries its UTC offset: ``times`` are instants
+    paths: list[str]
+    times: np.ndarray                        # instants (known) or device-clock seconds read as UTC
+    offset_s: float | None = None            # clock - offset_s = instant; 0 for known sessions
+    grid_min: int | None = None              # the grid offset chosen (minutes), for history
+    clock_unc_s: float = 0.0
+    gps_device: str | None = None
+    together: bool = False
+    away: bool = False
+    corroborated: bool = False               # away and shown to be there (landmark, pixels, mapping, adjacency)
+    interleave_ok: bool = False
+    landmark_ok: bool = False
+    similar_ok: bool = False
+    mapped: bool = False
+    detail: str = ""                         # appended to each placed photo's evidence
+    note: str = ""                           # why its photos have no place
+    scores: dict = field(default_factory=dict)   # gps device -> score per GRID_MIN (unknown clocks)
+
+
+def build_sessions(photos: list[tuple[str, str, float, bool]], gap_s: float) -> list[Session]:
+    """``(path, device, seconds, known)`` -> sessions: per device and clock kind, split at pauses over ``gap_s``."""
+    groups: dict[tuple[str, bool], list[tuple[float, str]]] = defaultdict(list)
+    for path, device, secs, known in photos:
+        groups[(device, known)].append((secs, path))
+    sessions = []
+    for (device, known), rows in sorted(groups.items()):
+        rows.sort()
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i][0] - rows[i - 1][0] > gap_s:
+                part = rows[start:i]
+                sessions.append(Session(device, known, [p for _, p in part], np.array([s for s, _ in part])))
+                start = i
+    return sessions
+
+
+class Home:
+    """Where the GPS devices spend many days: 0.5-degree cells (with their neighbours) holding GPS photos on at least
+    ``max(min_days, share * the busiest cell's days)`` distinct days."""
+
+    def __init__(self, anchors: list[Anchors], min_days: int = 3, share: float = 0.5):
+        days: dict[tuple[int, int], set] = defaultdict(set)
+        for a in anchors:
+            cells = zip(np.floor(a.lat / HOME_CELL_DEG).astype(int).tolist(),
+                        np.floor(a.lon / HOME_CELL_DEG).astype(int).tolist(), (a.secs // 86400).astype(int).tolist())
+            for cy, cx, day in cells:
+                days[(cy, cx)].add(day)
+        self._days = days
+        self._cache: dict[tuple[int, int], int] = {}
+        busiest = max((self._count(c) for c in days), default=0)
+        self.threshold = max(min_days, share * busiest)
+
+    def _count(self, cell: tuple[int, int]) -> int:
+        if cell not in self._cache:
+            union: set = set()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    union |= self._days.get((cell[0] + dy, cell[1] + dx), set())
+            self._cache[cell] = len(union)
+        return self._cache[cell]
+
+    def contains(self, lat: float, lon: float) -> bool:
+        return self._count((math.floor(lat / HOME_CELL_DEG), math.floor(lon / HOME_CELL_DEG))) >= self.threshold
+
+
+def _landmark_counts(times: np.ndarray, lm: list[tuple[int, float, float, float]], g: Anchors,
+                     offsets_s: np.ndarray, max_gap_s: float, max_speed_mps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per offset: how many of the session's confident landmarks lie where ``g`` was (agree) / far from it."""
+    if not lm or not len(g):
+        return np.zeros(len(offsets_s)), np.zeros(len(offsets_s))
+    cols = np.array([c for c, _, _, _ in lm])
+    la, lo, rad = (np.array([row[k] for row in lm]) for k in (1, 2, 3))
+    idx, gap = g.nearest(times[cols][None, :] - offsets_s[:, None])
+    dist = haversine_m(g.lat[idx], g.lon[idx], la[None, :], lo[None, :])
+    near = gap <= max_gap_s
+    agree = near & (dist <= rad + AGREE_SLACK_M + gap * 2.0)
+    disagree = near & (dist > rad + DISAGREE_SLACK_M + gap * max_speed_mps)
+    return agree.sum(1).astype(float), disagree.sum(1).astype(float)
+
+
+def _scores(times, lm, g, offsets_s, opts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per offset: (score, matched, agree, disagree)."""
+    _, gap = g.nearest(times[None, :] - offsets_s[:, None])
+    matched = (gap <= opts.match_window_s).sum(1).astype(float)
+    agree, disagree = _landmark_counts(times, lm, g, offsets_s, opts.max_gap_s, opts.max_speed_kmh / 3.6)
+    return matched + LANDMARK_WEIGHT * (agree - disagree), matched, agree, disagree
+
+
+def _clear(offsets_min: np.ndarray, score: np.ndarray, best: int, opts) -> tuple[bool, float]:
+    """The clear winner rule for ``best`` (an index); returns (clear, best score of the rivals)."""
+    far = np.abs(offsets_min - offsets_min[best]) >= RIVAL_MIN
+    rival = float(score[far].max()) if far.any() else 0.0
+    top = float(score[best])
+    return top >= opts.min_support and top - max(rival, 0.0) >= max(opts.min_margin, 0.25 * top), rival
+
+
+def _fmt_offset(minutes: float) -> str:
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(round(minutes))
+    return f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _matches(pattern: str, device: str) -> bool:
+    return pattern.strip().lower() in device.lower()
+
+
+def _candidates(session: Session, anchors: dict[str, Anchors], opts) -> tuple[list[Anchors], bool]:
+    """The GPS devices this session may have been with, and whether the user's mapping named them."""
+    for pattern, gps_pattern in (opts.together or {}).items():
+        if _matches(pattern, session.device):
+            return [a for d, a in sorted(anchors.items()) if _matches(gps_pattern, d)], True
+    if session.device in anchors:  # a GPS device's own photos without GPS: it was with itself
+        return [anchors[session.device]], True
+    return [a for _, a in sorted(anchors.items())], False
+
+
+def _estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
+    """Pass 1: the clear winner over the grid, per GPS device; the best clear one wins."""
+    offsets_s = GRID_MIN * 60.0
+    best_pick = None
+    for g in cands:
+        score, matched, _, _ = _scores(s.times, lm, g, offsets_s, opts)
+        s.scores[g.device] = (score, matched)
+        top = float(score.max())
+        ties = np.flatnonzero(score == top)
+        best = int(ties[np.argmin(np.abs(GRID_MIN[ties]))])
+        clear, rival = _clear(GRID_MIN, score, best, opts)
+        if clear and (best_pick is None or top > best_pick[0]):
+            best_pick = (top, g, best, matched[best])
+    if best_pick is not None:
+        _, g, best, n_matched = best_pick
+        _set_offset(s, g, int(GRID_MIN[best]), opts)
+        s.detail = (f"{s.device} clock {_fmt_offset(s.offset_s / 60)} estimated from {n_matched:.0f} of "
+                    f"{len(s.paths)} photos within {format_gap(opts.match_window_s)} of {g.device}'s")
+
+
+def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
+    """Adopt a grid offset, refined by the median time residual of the matched photos (a clock minutes off)."""
+    s.grid_min, s.gps_device, s.clock_unc_s = grid_min, g.device, opts.match_window_s / 2
+    offset = grid_min * 60.0
+    idx, gap = g.nearest(s.times - offset)
+    ok = gap <= opts.match_window_s
+    if ok.sum() >= 3:
+        residual = float(np.median(g.secs[idx[ok]] - (s.times[ok] - offset)))
+        if abs(residual) <= 450:
+            offset -= residual
+    s.offset_s = offset
+
+
+def _history(sessions: list[Session], lm_by_session, cands_by_session, opts) -> None:
+    """Pass 2: an unclear session takes its device's offset from the nearest clear session when it scores as
+    well as the best offset and has some support."""
+    clear_by_device: dict[str, list[Session]] = defaultdict(list)
+    for s in sessions:
+        if not s.known and s.grid_min is not None:
+            clear_by_device[s.device].append(s)
+    for i, s in enumerate(sessions):
+        if s.known or s.grid_min is not None or not clear_by_device.get(s.device):
+            continue
+        mid = float(np.median(s.times))
+        ref = min(clear_by_device[s.device], key=lambda o: abs(float(np.median(o.times)) - mid))
+        k = int(np.flatnonzero(GRID_MIN == ref.grid_min)[0])
+        for g in cands_by_session[i]:
+            score, matched = s.scores.get(g.device, (None, None))
+            if score is not None and score[k] >= max(1.0, float(score.max())):
+                _set_offset(s, g, ref.grid_min, opts)
+                s.detail = (f"{s.device} clock {_fmt_offset(s.offset_s / 60)} as in its session of "
+                            f"{os.path.basename(ref.paths[0])} ({matched[k]:.0f} of {len(s.paths)} photos within "
+                            f"{format_gap(opts.match_window_s)} of {g.device}'s)")
+                break
+
+
+def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | None, opts) -> bool:
+    """The pixels: photos matched in time look more alike than the same photos against GPS photos 3 h away."""
+    if similarity is None:
+        return False
+    t = s.times - s.offset_s
+    idx, gap = g.nearest(t)
+    ok = np.flatnonzero(gap <= opts.match_window_s)
+    if len(ok) < 2:
+        return False
+    matched, baseline = [], []
+    for j in ok.tolist():
+        value = similarity(s.paths[j], g.paths[int(idx[j])])
+        if value is not None:
+            matched.append(value)
+        for shift in (-SIMILAR_SHIFT_S, SIMILAR_SHIFT_S):
+            k, d = g.nearest(np.array([t[j] + shift]))
+            if d[0] <= opts.max_gap_s:
+                other = similarity(s.paths[j], g.paths[int(k[0])])
+                if other is not None:
+                    baseline.append(other)
+    if len(matched) < 2 or not baseline:
+        return False
+    return float(np.mean(matched)) - float(np.mean(baseline)) >= opts.similar_margin
+
+
+def _evidence_at_offset(s: Session, lm, g: Anchors, home: Home, similarity, opts) -> None:
+    """Interleaving (known clocks), landmark agreement, the pixels and home/away at the session's offset."""
+    if s.known:
+        score, matched, _, _ = _scores(s.times, lm, g, SHIFTS_MIN * 60.0, opts)
+        zero = int(np.flatnonzero(SHIFTS_MIN == 0)[0])
+        s.interleave_ok = _clear(SHIFTS_MIN, score, zero, opts)[0]
+        if s.interleave_ok and s.device != g.device:
+            s.detail = (f"with {g.device}: {matched[zero]:.0f} of {len(s.paths)} photos within "
+                        f"{format_gap(opts.match_window_s)} of its photos")
+    else:
+        s.interleave_ok = True  # a clear winner (or its history) found the offset
+    agree, disagree = _landmark_counts(s.times, lm, g, np.array([s.offset_s]), opts.max_gap_s,
+                                       opts.max_speed_kmh / 3.6)
+    s.landmark_ok = agree[0] >= 1 and disagree[0] == 0
+    s.similar_ok = _similar(s, g, similarity, opts)
+    idx, gap = g.nearest(s.times - s.offset_s)
+    near = idx[gap <= opts.max_gap_s]
+    s.away = any(not home.contains(g.lat[i], g.lon[i]) for i in set(near.tolist()))
+
+
+def decide_sessions(sessions: list[Session], anchors: dict[str, Anchors], landmarks: dict[str, tuple],
+                    similarity: Callable[[str, str], float] | None, opts: LocateOptions) -> None:
+    """Fill each session's offset, GPS device and together decision (or its note)."""
+    home = Home(list(anchors.values()))
+    lm_by_session, cands_by_session = [], []
+    for s in sessions:
+        lm = [(j, *landmarks[p]) for j, p in enumerate(s.paths) if p in landmarks]
+        cands, mapped = _candidates(s, anchors, opts)
+        s.mapped = mapped
+        lm_by_session.append(lm)
+        cands_by_session.append(cands)
+        if not cands:
+            s.note = "no GPS photos from the device it was with" if mapped else "no photos with GPS in the library"
+        elif s.known:
+            s.offset_s = 0.0
+        else:
+            _estimate_offset(s, lm, cands, opts)
+    _history(sessions, lm_by_session, cands_by_session, opts)
+    for i, s in enumerate(sessions):
+        if s.offset_s is None:
+            if not s.note:
+                s.note = "camera clock offset unknown: its photos match no GPS photos clearly at any time zone"
+            continue
+        cands = cands_by_session[i]
+        if s.known:  # the GPS device it interleaves with best
+            best = max(cands, key=lambda g: _scores(s.times, lm_by_session[i], g, np.zeros(1), opts)[0][0])
+        else:
+            best = next(g for g in cands if g.device == s.gps_device)
+        s.gps_device = best.device
+        _evidence_at_offset(s, lm_by_session[i], best, home, similarity, opts)
+    _decide_together(sessions, opts)
+
+
+def _decide_together(sessions: list[Session], opts) -> None:
+    by_device: dict[str, list[Session]] = defaultdict(list)
+    for s in sessions:
+        if s.offset_s is not None:
+            by_device[s.device].append(s)
+    for s in sessions:
+        if s.offset_s is None:
+            continue
+        if s.mapped:
+            s.together, s.corroborated = True, True
+        elif not s.away:
+            s.together = s.interleave_ok or s.landmark_ok or s.similar_ok
+        else:
+            s.corroborated = s.landmark_ok or (s.interleave_ok and s.similar_ok)
+            s.together = s.corroborated
+    for _ in range(len(sessions)):  # a trip: adjacent sessions of the same device shown to be there
+        changed = False
+        for device_sessions in by_device.values():
+            device_sessions.sort(key=lambda x: float(x.times[0]))
+            for j, s in enumerate(device_sessions):
+                if s.together or not (s.away and s.interleave_ok):
+                    continue
+                for k in (j - 1, j + 1):
+                    if 0 <= k < len(device_sessions) and _adjacent(s, device_sessions[k], opts):
+                        s.together = s.corroborated = changed = True
+                        s.detail += f"; same trip as its session of {os.path.basename(device_sessions[k].paths[0])}"
+                        break
+        if not changed:
+            break
+    for s in sessions:
+        if s.offset_s is not None and not s.together:
+            if s.away:
+                s.note = (f"{s.device} not shown to be with {s.gps_device}, which was away from home then: "
+                          "shooting at the same times alone is not enough (no landmark agreement, no similar scenes)")
+            else:
+                s.note = f"{s.device} not shown to be with {s.gps_device} (no clear overlap of shooting)"
+
+
+def _adjacent(s: Session, other: Session, opts) -> bool:
+    if not (other.together and other.corroborated and other.away and other.gps_device == s.gps_device):
+        return False
+    if not s.known and other.grid_min != s.grid_min:
+        return False
+    gap = max(float(other.times[0]) - float(s.times[-1]), float(s.times[0]) - float(other.times[-1]))
+    return gap <= opts.adjacent_gap_s

@@ -1,0 +1,173 @@
+"""Places from time neighbours: one GPS device's photos as a sorted timeline, and a photo's place from the ones
+taken just before and after it (interpolated, or the nearest), with an accuracy radius and its evidence.
+
+Times are float seconds: instants in UTC seconds since 1970, device clocks in the same unit read as if UTC.
+Accuracy model (metres): ``GPS_ERROR_M + v * (gap + clock_uncertainty)`` where ``gap`` is the time to the nearer
+neighbour used and ``v = max(walking speed, the speed the neighbours imply)``: in the gap the photographer can
+have moved at walking pace, or as fast as the neighbouring GPS photos show them moving (a drive, a train), plus
+the spread of neighbours that share one timestamp.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+EPOCH = datetime(1970, 1, 1)
+EARTH_RADIUS_M = 6_371_000.0
+GPS_ERROR_M = 20.0            # a phone's GPS fix outdoors, typical horizontal error
+WALKING_MPS = 5.0 / 3.6       # the envelope when the neighbours show no faster movement
+
+
+def clock_seconds(when: datetime) -> float:
+    """A naive wall-clock time as seconds since 1970 (read as if UTC); an aware one is converted to UTC first."""
+    if when.tzinfo is not None:
+        when = (when - when.utcoffset()).replace(tzinfo=None)
+    return (when - EPOCH).total_seconds()
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres between two points (plain floats: the per-photo path)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, max(0.0, a))))
+
+
+def haversine_m(lat1, lon1, lat2, lon2):
+    """Great-circle distance in metres; numpy arrays (broadcast)."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dphi = p2 - p1
+    dl = np.radians(np.asarray(lon2) - np.asarray(lon1))
+    a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    d = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return float(d) if np.ndim(d) == 0 else d
+
+
+def format_gap(seconds: float) -> str:
+    """``42`` -> ``"42 s"``, ``240`` -> ``"4 min"``, ``4800`` -> ``"1 h 20 min"``."""
+    seconds = abs(seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
+
+
+def format_km(metres: float) -> str:
+    """``6_120_000`` -> ``"6,120 km"``, ``850`` -> ``"0.9 km"``."""
+    return f"{metres / 1000:,.0f} km" if metres >= 10_000 else f"{metres / 1000:.1f} km"
+
+
+@dataclass
+class Estimate:
+    """A place from time neighbours. ``used``: ``(path, lat, lon, seconds)`` of each neighbour it came from."""
+    lat: float
+    lon: float
+    accuracy_m: float
+    evidence: str
+    gap_s: float
+    used: tuple = field(default_factory=tuple)
+
+
+class Anchors:
+    """One GPS device's photos that have both a position and a capture instant, sorted by (instant, path)."""
+
+    def __init__(self, device: str, rows: list[tuple[float, float, float, str]]):
+        rows = sorted(rows, key=lambda r: (r[0], r[3]))
+        self.device = device
+        self.secs = np.array([r[0] for r in rows], dtype=np.float64)
+        self.lat = np.array([r[1] for r in rows], dtype=np.float64)
+        self.lon = np.array([r[2] for r in rows], dtype=np.float64)
+        self.paths = [r[3] for r in rows]
+        self._secs_list = self.secs.tolist()
+        self._lat_list, self._lon_list = self.lat.tolist(), self.lon.tolist()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def nearest(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each time in ``t`` (any shape): the index of the nearest anchor and the gap to it in seconds."""
+        t = np.asarray(t, dtype=np.float64)
+        n = len(self.secs)
+        if n == 0:
+            return np.zeros(t.shape, dtype=np.int64), np.full(t.shape, np.inf)
+        right = np.clip(np.searchsorted(self.secs, t), 0, n - 1)
+        left = np.clip(right - 1, 0, n - 1)
+        d_right, d_left = np.abs(self.secs[right] - t), np.abs(t - self.secs[left])
+        use_left = d_left <= d_right
+        return np.where(use_left, left, right), np.where(use_left, d_left, d_right)
+
+    def _leg_speed(self, i: int, j: int, max_gap_s: float) -> float:
+        """Speed between anchors ``i`` and ``j`` in m/s (0 if either is missing or they are too far apart in time)."""
+        if i < 0 or j >= len(self.secs) or i >= j:
+            return 0.0
+        dt = self._secs_list[j] - self._secs_list[i]
+        if dt > max_gap_s:
+            return 0.0
+        dist = distance_m(self._lat_list[i], self._lon_list[i], self._lat_list[j], self._lon_list[j])
+        return dist / dt if dt > 0 else (0.0 if dist < 50 else math.inf)
+
+    def _name(self, i: int) -> str:
+        return os.path.basename(self.paths[i])
+
+    def _row(self, i: int) -> tuple:
+        return (self.paths[i], round(self._lat_list[i], 6), round(self._lon_list[i], 6), self._secs_list[i])
+
+    def estimate(self, t: float, max_gap_s: float, max_speed_mps: float, clock_unc_s: float = 0.0) -> Estimate | None:
+        """The place at time ``t`` from the anchors around it, or ``None`` when none is within ``max_gap_s``."""
+        lo = bisect.bisect_left(self._secs_list, t)
+        hi = bisect.bisect_right(self._secs_list, t)
+        if hi > lo:  # neighbours at exactly this time: their mean, their spread added to the accuracy
+            lats, lons = self.lat[lo:hi], self.lon[lo:hi]
+            lat, lon = float(lats.mean()), float(_mean_lon(lons))
+            spread = float(np.max(haversine_m(lat, lon, lats, lons)))
+            speed = max(WALKING_MPS, min(max_speed_mps, max(self._leg_speed(lo - 1, lo, max_gap_s),
+                                                            self._leg_speed(hi - 1, hi, max_gap_s))))
+            names = ", ".join(self._name(i) for i in range(lo, min(hi, lo + 3))) + (" ..." if hi - lo > 3 else "")
+            return Estimate(lat, lon, GPS_ERROR_M + spread + speed * clock_unc_s, f"{names}, same time", 0.0,
+                            tuple(self._row(i) for i in range(lo, hi)))
+        before, after = lo - 1, lo  # secs[before] < t < secs[after]
+        secs, lats, lons = self._secs_list, self._lat_list, self._lon_list
+        d_b = t - secs[before] if before >= 0 else math.inf
+        d_a = secs[after] - t if after < len(secs) else math.inf
+        if min(d_b, d_a) > max_gap_s:
+            return None
+        if d_b <= max_gap_s and d_a <= max_gap_s:
+            dist = distance_m(lats[before], lons[before], lats[after], lons[after])
+            speed = dist / (d_b + d_a)
+            if speed <= max_speed_mps:
+                frac = d_b / (d_b + d_a)
+                lat = lats[before] + frac * (lats[after] - lats[before])
+                lon = _lerp_lon(lons[before], lons[after], frac)
+                v = max(WALKING_MPS, speed)
+                acc = GPS_ERROR_M + v * (min(d_b, d_a) + clock_unc_s)
+                text = (f"between {self._name(before)} ({format_gap(d_b)} before) and "
+                        f"{self._name(after)} ({format_gap(d_a)} after)")
+                return Estimate(lat, lon, acc, text, min(d_b, d_a), (self._row(before), self._row(after)))
+        # the nearest alone: the other side is missing, too far in time, or implies an implausible speed
+        i, gap = (before, d_b) if d_b <= d_a else (after, d_a)
+        v = max(WALKING_MPS, min(max_speed_mps, max(self._leg_speed(i - 1, i, max_gap_s),
+                                                    self._leg_speed(i, i + 1, max_gap_s))))
+        acc = GPS_ERROR_M + v * (gap + clock_unc_s)
+        text = f"{self._name(i)}, {format_gap(gap)} {'earlier' if i == before else 'later'}"
+        return Estimate(lats[i], lons[i], acc, text, gap, (self._row(i),))
+
+
+def _lerp_lon(a: float, b: float, frac: float) -> float:
+    """Longitude interpolation the short way round (across the antimeridian when that is shorter)."""
+    if b - a > 180:
+        b -= 360
+    elif a - b > 180:
+        b += 360
+    lon = a + frac * (b - a)
+    return (lon + 180.0) % 360.0 - 180.0
+
+
+def _mean_lon(lons: np.ndarray) -> float:
+    rad = np.radians(lons)
+    return float(np.degrees(np.arctan2(np.sin(rad).mean(), np.cos(rad).mean())))
