@@ -32,7 +32,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .metadata import CONFIG_FILE, CREATOR_TOOL, NS, exiftool_available, sidecar_paths
+from .metadata import CONFIG_FILE, exiftool_available, sidecar_paths
+from .metadata_fields import CREATOR_TOOL, NS
 
 MIN_YEAR = 1990                   # before digital cameras wrote EXIF; 1970/1980 are reset clocks
 FUTURE_SLACK = timedelta(days=1)  # a capture time more than this after now (UTC) is a wrong clock
