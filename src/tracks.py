@@ -64,12 +64,22 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """``12`` -> ``"12 s"``, ``250`` -> ``"4 min"``, ``3900`` -> ``"1 h 5 min"``."""
+    """``12`` -> ``"12 s"``, ``250`` -> ``"4 min"``, ``3900`` -> ``"1 h 5 min"`` (rounded: for the evidence)."""
     seconds = abs(seconds)
-    if seconds < 90:
+    if seconds < 120:
         return f"{seconds:.0f} s" if seconds >= 1 or seconds == 0 else f"{seconds:.1f} s"
     minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def format_offset(offset: timedelta) -> str:
+    """A clock offset exactly, signed: ``+90 s``, ``-5 min``, ``+1 h 30 min``."""
+    seconds = offset.total_seconds()
+    sign, seconds = ("-" if seconds < 0 else "+"), abs(seconds)
+    if seconds % 60:
+        return f"{sign}{seconds:g} s"
+    hours, minutes = divmod(int(seconds) // 60, 60)
+    return sign + " ".join(p for p in (f"{hours} h" if hours else "", f"{minutes} min" if minutes else "") if p)
 
 
 _UNIT = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)$")
@@ -190,9 +200,7 @@ class TrackSet:
         t = _utc_seconds(instant_utc) + offset.total_seconds()
         result = self._locate(t)
         if result is not None and offset:
-            seconds = offset.total_seconds()
-            result = (*result[:3], f"{result[3]} (clock offset {'+' if seconds >= 0 else '-'}"
-                                   f"{format_duration(seconds)})")
+            result = (*result[:3], f"{result[3]} (clock offset {format_offset(offset)})")
         return result
 
     def _locate(self, t: float) -> tuple[float, float, float, str] | None:
