@@ -1,12 +1,19 @@
-"""Command line: ``python -m src {data,train,export,predict,tag,evaluate,cv} ...`` (``python -m src CMD --help``)."""
+"""Command line: ``python -m src [--debug] COMMAND ...`` (``python -m src COMMAND --help``).
+
+A failing command says what went wrong in one line (exit status 1); ``--debug`` (anywhere on the line) or
+``LANDMARK_DEBUG=1`` shows the traceback instead. Progress bars become plain lines when the output is not a
+terminal (:mod:`src.progress`).
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .helpers import quiet_torchscript
+from .progress import log_friendly_stderr
 
 # command -> (module, function adding its arguments, function running it, one-line help)
 COMMANDS = {
@@ -33,6 +40,8 @@ COMMANDS = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m src", description="Landmark Tagger")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line (also: LANDMARK_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, add_args, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -45,19 +54,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or bool(os.environ.get("LANDMARK_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]  # accepted before or after the command
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     module, _, run, _ = COMMANDS[args.command]
-    with quiet_torchscript():
+    with quiet_torchscript(), log_friendly_stderr():
         try:
             return int(getattr(importlib.import_module(module), run)(args) or 0)
         except KeyboardInterrupt:
             print("Interrupted.", file=sys.stderr)
             return 130
-        except Exception as exc:  # a user sees one line, not a traceback; LANDMARK_DEBUG=1 shows it
-            import os  # noqa: PLC0415
-
-            if os.environ.get("LANDMARK_DEBUG"):
+        except Exception as exc:  # a user sees one line, not a traceback; --debug or LANDMARK_DEBUG=1 shows it
+            if debug:
                 raise
             print(f"error: {one_line_error(exc)}", file=sys.stderr)
             return 1

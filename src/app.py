@@ -19,7 +19,7 @@ from .helpers import CHECKPOINTS_DIR, PROJECT_ROOT
 from .images import ImageLoadError
 from .landmarks import NO_LANDMARK, format_latlon
 from .predictor import SCRATCH_EXPORT_NAME, TRANSFER_EXPORT_NAME, load_image_tensor, prepare_for_batch
-from .recognizer import Recognizer, as_recognizer
+from .recognizer import Recognizer, as_recognizer, shown_pair
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,11 @@ def tensor_to_image(image: torch.Tensor) -> Image.Image:
 def certainty_words(prob: float, threshold: float) -> tuple[str, str]:
     """How sure, in words a person reads at a glance, and a colour: the calibrated confidence against the
     threshold."""
-    if prob < threshold:
+    if prob < threshold:  # the one rule: a landmark when confidence >= threshold
         return "not sure enough to say", "#757575"
+    if prob - threshold < 0.05:  # whatever the number, a photo at the threshold is a borderline call
+        return ("at the threshold: check it" if prob == threshold else "just above the threshold: check it"), \
+            "#ef6c00"
     if prob >= 0.9:
         return "very sure", "#2e7d32"
     if prob >= 0.6:
@@ -201,7 +204,7 @@ class LandmarkApp:
                                              description="Threshold", readout_format=".2f",
                                              continuous_update=False,
                                              tooltip="below this confidence the verdict is "
-                                                     f"'{NO_LANDMARK_VERDICT}' (default: calibrated for the model)")
+                                                     f"'{NO_LANDMARK_VERDICT}' (default: the model's own)")
         self.classify_button = widgets.Button(description="Classify", button_style="primary", icon="search",
                                               tooltip="Classify the chosen photos")
         self.status = widgets.HTML()
@@ -232,11 +235,22 @@ class LandmarkApp:
     def _model_info(self) -> str:
         model = self.model
         where = f" from <code>{html.escape(_short_path(self.model_path))}</code>" if self.model_path else ""
-        how = ("the threshold is calibrated so that about 2 in 100 photos without a known landmark get one"
-               if model.calibrated else "the threshold is <b>not calibrated</b> for this model (python -m src "
-               "calibrate)")
-        return (f"<small>Model{where}: knows {len(model.classes())} landmarks ({model.method}); {how}. "
-                f"Confidences are the chance that the answer is right.</small>")
+        info = model.threshold_info()
+        how = html.escape(info["note"])
+        if not info["calibrated"]:
+            how = f"<b style='color:#b00020'>{how}</b>"
+        return (f"<small>Model{where}: knows {len(model.classes())} landmarks ({model.method}). Default {how}. "
+                f"A photo gets a landmark when its confidence is at or above the threshold. Confidences are the "
+                f"chance that the answer is right.</small>")
+
+    def _threshold_words(self, threshold: float) -> str:
+        """Said with every verdict: whether the threshold it was decided with is calibrated."""
+        model = self.model
+        if abs(threshold - model.default_min_prob) > 5e-7:
+            return "threshold moved by hand: not calibrated"
+        if not model.threshold_info()["calibrated"]:
+            return "UNCALIBRATED threshold: its false rate is unknown"
+        return "calibrated threshold"
 
     def _enroll_panel(self):
         """"Add a landmark": a name, where it is and a few photos; the next photo of it is recognised."""
@@ -376,13 +390,16 @@ class LandmarkApp:
                                         object_fit="contain", margin="0 14px 0 0"))
         best = r["top"][0]
         words, colour = certainty_words(best["prob"], r["threshold"])
+        prob, threshold = shown_pair(best["prob"], r["threshold"], digits=1, percent=True)
+        kind = html.escape(self._threshold_words(r["threshold"]))
         if r["known"]:
             verdict = (f"<span style='font-size:1.15em;color:{colour}'>&#10003; <b>{html.escape(best['name'])}</b>"
-                       f"</span> <span style='color:{colour}'>&mdash; {words} ({percent(best['prob'])})</span>")
+                       f"</span> <span style='color:{colour}'>&mdash; {words} ({prob})</span> "
+                       f"<small class='lt-threshold'>(threshold {threshold}, {kind})</small>")
         else:
             verdict = (f"<span style='font-size:1.15em;color:{colour}'>&#10007; <b>{NO_LANDMARK_VERDICT}</b></span> "
-                       f"<small>(best guess {html.escape(best['name'])} at {percent(best['prob'])}, below the "
-                       f"{percent(r['threshold'])} threshold: not sure enough to say)</small>")
+                       f"<small class='lt-threshold'>(best guess {html.escape(best['name'])} at {prob}, below the "
+                       f"{threshold} threshold, {kind}: not sure enough to say)</small>")
         rows = []
         for entry in r["top"]:
             rows.append(w.HBox([

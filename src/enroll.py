@@ -1,13 +1,15 @@
 """``python -m src enroll``: add landmarks to a model without training, list them, remove them.
 
     python -m src enroll --model M --data-dir NEW [--locations places.json]   # every NEW/train/NN.Name/
-    python -m src enroll --model M --list
+    python -m src enroll --model M --data-dir NEW --location "Big Ben, London, United Kingdom, 51.5007, -0.1246"
+    python -m src enroll --model M --list                                     # with the ones lacking a place
     python -m src enroll --model M --remove Big_Ben
 
 A landmark is its reference photos' embeddings in the model's index (``M.index.npz``); its place comes from
-``--locations`` (JSON: ``{"Big_Ben": {"name", "city", "country", "lat", "lon"}}`` or a list of such objects with a
-``"class"``), else ``src/landmarks.json``. The index is rewritten atomically: a killed enrol leaves the previous
-one intact.
+``--location`` (one landmark: "name, city, country, lat, lon"), ``--locations`` (JSON: ``{"Big_Ben": {"name",
+"city", "country", "lat", "lon"}}`` or a list of such objects with a ``"class"``), else ``src/landmarks.json``.
+A landmark enrolled without a place is said so, with how to give it one: a photo of it is then recognised but
+gets no location. The index is rewritten atomically: a killed enrol leaves the previous one intact.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import list_classes, scan_split
+from .landmarks import format_latlon
 from .pipeline import iter_predictions
 from .recognizer import Recognizer, class_info
 
@@ -49,6 +52,33 @@ def read_locations(path: str | Path | None) -> dict[str, dict]:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise EnrollError(f"{path}: expected {{name: {{\"city\", \"country\", \"lat\", \"lon\"}}}} or a list of them")
     return data
+
+
+LOCATION_EXAMPLE = '"Big Ben, London, United Kingdom, 51.5007, -0.1246"'
+
+
+def parse_location(text: str) -> dict:
+    """``"Big Ben, London, United Kingdom, 51.5007, -0.1246"`` -> ``{"name", "city", "country", "lat", "lon"}``:
+    the last two parts are the latitude and longitude, the first the name, the second the city and what lies
+    between them the country (which may itself hold a comma: "Korea, Republic of")."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) < 5 or not all(parts[:3]):
+        raise EnrollError(f"--location {text!r}: expected \"name, city, country, latitude, longitude\", e.g. "
+                          f"{LOCATION_EXAMPLE}")
+    try:
+        lat, lon = float(parts[-2]), float(parts[-1])
+    except ValueError:
+        raise EnrollError(f"--location {text!r}: latitude and longitude must be numbers in degrees, e.g. "
+                          f"{LOCATION_EXAMPLE}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise EnrollError(f"--location {text!r}: latitude must be in [-90, 90] and longitude in [-180, 180] "
+                          f"(got {lat}, {lon}; north and east are positive)")
+    return {"name": parts[0], "city": parts[1], "country": ", ".join(parts[2:-2]), "lat": lat, "lon": lon}
+
+
+def no_place_hint(model) -> str:
+    return (f"give it one: python -m src enroll --model {model} --data-dir DIR --replace --location "
+            f"\"NAME, CITY, COUNTRY, LAT, LON\" (--locations FILE.json for several)")
 
 
 def enroll_folder(recognizer, data_dir: str | Path, split: str = "train", locations: dict | None = None,
@@ -90,13 +120,22 @@ def enroll_folder(recognizer, data_dir: str | Path, split: str = "train", locati
     return added
 
 
+def has_place(landmark: dict) -> bool:
+    return landmark.get("lat") is not None and landmark.get("lon") is not None
+
+
 def print_landmarks(recognizer) -> None:
     rows = recognizer.landmarks()
     width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:
-        place = ", ".join(str(v) for v in (r["city"], r["country"]) if v) or "no location"
+        place = ", ".join(str(v) for v in (r["city"], r["country"]) if v)
+        if not has_place(r):
+            place = "NO PLACE: recognised, but its photos get no location" + (f" ({place})" if place else "")
         print(f"  {r['name']:<{width}}  {r['references']:5d} photos  {r['source']:<8}  {place}")
-    print(f"{len(rows)} landmarks ({recognizer.method}); default threshold {recognizer.default_min_prob:.3f}")
+    missing = [r["name"] for r in rows if not has_place(r)]
+    print(f"{len(rows)} landmarks ({recognizer.method}), {len(missing)} without a place"
+          + (f" ({', '.join(missing)})" if missing else ""))
+    print(f"Threshold: {recognizer.threshold_note()}")
 
 
 def add_enroll_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,9 +145,13 @@ def add_enroll_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--list", action="store_true", help="list the landmarks the model knows")
     what.add_argument("--remove", nargs="+", metavar="NAME", help="remove these landmarks (folder or readable name)")
     parser.add_argument("--split", default="train", help="the folder of DATA_DIR with the photos (default: train)")
-    parser.add_argument("--locations", default=None, metavar="FILE.json",
-                        help="where the new landmarks are: {name: {name, city, country, lat, lon}} (default: "
-                             "src/landmarks.json)")
+    places = parser.add_mutually_exclusive_group()
+    places.add_argument("--location", default=None, metavar='"NAME, CITY, COUNTRY, LAT, LON"',
+                        help=f"where the one landmark of DATA_DIR is, e.g. {LOCATION_EXAMPLE} (latitude and "
+                             f"longitude in degrees, north and east positive)")
+    places.add_argument("--locations", default=None, metavar="FILE.json",
+                        help="where several new landmarks are: {folder name: {name, city, country, lat, lon}} "
+                             "(default: src/landmarks.json)")
     parser.add_argument("--replace", action="store_true", help="replace the photos of a landmark already known")
 
 
@@ -128,12 +171,26 @@ def enroll_main(args: argparse.Namespace) -> int:
         recognizer.save()
         return 0
     locations = read_locations(args.locations)
+    if args.location is not None:  # checked before any photo is read
+        place = parse_location(args.location)
+        root = Path(args.data_dir) / args.split
+        folders = list_classes(root) if root.is_dir() else []
+        if len(folders) > 1:
+            raise EnrollError(f"--location gives the place of one landmark, but {root} has {len(folders)} "
+                              f"({', '.join(folders[:4])}{', ...' if len(folders) > 4 else ''}); give several "
+                              f"with --locations FILE.json")
+        locations = {folder: place for folder in folders}
     started = time.perf_counter()
     added = enroll_folder(recognizer, args.data_dir, args.split, locations, args.replace)
     seconds = time.perf_counter() - started
     n = sum(a["references"] for a in added)
     for a in added:
         place = ", ".join(str(v) for v in (a["city"], a["country"]) if v)
-        print(f"  {a['name']}: {a['references']} photos, " + (place or "no location (give it with --locations)"))
+        where = f"{place}, {format_latlon(a['lat'], a['lon'])}" if has_place(a) else "NO PLACE"
+        print(f"  {a['name']}: {a['references']} photos, {where}")
     print(f"Enrolled {len(added)} landmarks ({n} photos) in {seconds:.1f} s into {recognizer.index_path}")
+    for a in added:
+        if not has_place(a):  # a recognised Big Ben that gets no place is a question to the user
+            print(f"warning: {a['name']} has no place: its photos will be recognised but get no location; "
+                  f"{no_place_hint(args.model)}", file=sys.stderr)
     return 0 if added else 1

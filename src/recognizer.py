@@ -38,6 +38,18 @@ STATUSES = ("ok", "no_known_landmark", "error")
 LOCATION_KEYS = ("name", "city", "country", "lat", "lon")
 
 
+def shown_pair(prob: float, threshold: float, digits: int = 2, percent: bool = False) -> tuple[str, str]:
+    """A confidence and the threshold as text, with as many decimals (``digits`` to 6) as it takes for the text to
+    show which side of the threshold the confidence is: never "0.90 below the threshold 0.90"."""
+    scale = 100.0 if percent else 1.0
+    for d in range(digits, 7):
+        a, b = f"{prob * scale:.{d}f}", f"{threshold * scale:.{d}f}"
+        if (a == b) == (round(prob, 6) == round(threshold, 6)):
+            break
+    suffix = "%" if percent else ""
+    return a + suffix, b + suffix
+
+
 def fingerprint(backend) -> dict:
     """What identifies the model behind an index: its classes, embedding size and its outputs on fixed probe
     images (embeddings for retrieval models, probabilities for classifiers). Backends of the same model
@@ -163,7 +175,55 @@ class Recognizer:
     def provenance(self, min_prob: float | None = None) -> dict:
         return {"tool": "landmark-tagger", "model": Path(self.model_path).name if self.model_path else "",
                 "model_sha256": self.model_sha256, "method": self.method,
-                "threshold": self.min_prob if min_prob is None else float(min_prob)}
+                "threshold": self.min_prob if min_prob is None else float(min_prob),
+                "threshold_note": self.threshold_note(min_prob)}
+
+    def threshold_info(self, min_prob: float | None = None) -> dict:
+        """Where the threshold in use comes from, for every place that shows a decision: ``{"threshold",
+        "calibrated" (False for a fallback, a missing index or a hand-set value), "source" (short), "note" (one
+        line)}``. A photo gets a landmark when its confidence >= the threshold (both rounded to 6 decimals)."""
+        cal = self.calibration
+        threshold = self.min_prob if min_prob is None else float(min_prob)
+        source = str(cal.get("threshold_source") or "")
+        calibrated = self.calibrated and not source.startswith(("fallback", "uncalibrated"))
+        if min_prob is not None or self.override_min_prob is not None:
+            own = (f"calibrated {self.default_min_prob:.3f}" if calibrated else
+                   f"UNCALIBRATED {self.default_min_prob:.2f}")
+            return {"threshold": threshold, "calibrated": False, "source": "set by hand",
+                    "note": f"threshold {threshold:.3f} set by hand (--min-prob), not calibrated; the model's own is "
+                            f"{own}"}
+        if not calibrated:
+            why = source or (f"no landmark index beside {Path(self.model_path).name}" if self.model_path and
+                             self.index is None else "no calibration saved with the model")
+            return {"threshold": threshold, "calibrated": False, "source": why,
+                    "note": f"threshold {threshold:.2f} is UNCALIBRATED: {why}; how often a photo without a known "
+                            f"landmark gets one is unknown; calibrate with photos without landmarks: python -m src "
+                            f"calibrate --model {self.model_path or 'MODEL'} --negatives DIR"}
+        sources = cal.get("sources") or {}
+        if sources:
+            seen = ", ".join(f"{n} {name}" for name, n in sources.items())
+        else:
+            seen = (f"{cal.get('negatives', '?')} photos without landmarks"
+                    + (f" ({Path(cal['negatives_dir']).name}/)" if cal.get("negatives_dir") else "")
+                    + (f" and {cal['known']} {cal.get('known_source', 'known-landmark photos')}" if cal.get("known")
+                       else ""))
+        rates = cal.get("held_out_false_rate") or {}
+        measured = cal.get("measured_on_calibration") or {}
+        if rates:
+            rate = "held out: " + ", ".join(f"{r:.1%} of {name} given a landmark" for name, r in rates.items())
+        elif measured:
+            rate = (f"{measured.get('negatives_given_landmark', 0):.1%} of them given a landmark (measured on the "
+                    f"calibration photos themselves)")
+        else:
+            rate = "false rate not measured"
+        promise = cal.get("promise")
+        promised = f"; bound: at most {promise:.1%} given a landmark" if isinstance(promise, (int, float)) else ""
+        return {"threshold": threshold, "calibrated": True, "source": source or "calibrated",
+                "note": f"threshold {threshold:.3f} calibrated on {seen}; {rate}{promised}"}
+
+    def threshold_note(self, min_prob: float | None = None) -> str:
+        """One line on the threshold in use: calibrated on what and its measured false rate, or UNCALIBRATED."""
+        return self.threshold_info(min_prob)["note"]
 
     def classes(self) -> list[dict]:
         """The classes a photo can be given, each ``{"class", "name", "city", "country", "lat", "lon", "source"}``."""
@@ -229,8 +289,11 @@ class Recognizer:
         return records
 
     def _record(self, path: str, top: list[dict], threshold: float, gps) -> dict:
+        # The one rule, everywhere: a landmark when confidence >= threshold, both as recorded (6 decimals), so a
+        # record's own prob and threshold always show why it was decided so.
+        threshold = round(float(threshold), 6)
         record = dict.fromkeys(RECORD_KEYS)
-        record.update(path=path, top_k=top, threshold=round(threshold, 6), method=self.method)
+        record.update(path=path, top_k=top, threshold=threshold, method=self.method)
         best = top[0]
         record["prob"] = best["prob"]
         if best["prob"] >= threshold:

@@ -38,6 +38,7 @@ from .backends import parallel_runners
 from .batching import Batcher, Metrics
 from .images import MAX_IMAGE_PIXELS, ImageLoadError
 from .pipeline import decode_for_batch, error_line
+from .predict import with_threshold_info
 from .recognizer import Recognizer
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,7 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
         rec = state.recognizer
         size, crop = int(rec.resize_size), int(rec.img_size)
         threshold = settings.min_prob if min_prob is None else min_prob
+        info = rec.threshold_info(threshold)
         decoded = await asyncio.gather(*(decode(p, size, crop) for p in photos))
         request = next(_request_ids)
         futures = [asyncio.wrap_future(state.batcher.submit(image, p.filename or "photo", k, threshold, gps, request))
@@ -368,19 +370,32 @@ def create_app(model, settings: ServeSettings | None = None, *, backend: str = "
         results = []
         for photo, (_, error, _), future in zip(photos, decoded, futures):
             record = next(answers) if future is not None else rec.error_record(photo.filename or "photo", error)
-            results.append(api_record(record))
+            results.append(api_record(with_threshold_info(record, info)))
             state.metrics.photos.labels(record["status"]).inc()
             if record["status"] == "error":
                 state.metrics.errors.labels("bad_photo").inc()
         if all(r["status"] == "error" for r in results):
             return JSONResponse({"detail": "no usable photo in the request: " + "; ".join(
                 r["error"] or "" for r in results)[:2000], "results": results}, status_code=422)
-        return {"results": results}
+        return {"results": results, "threshold": rec.threshold_info(threshold)}
 
     @app.get("/v1/landmarks", summary="The landmarks the model knows")
     @timed("/v1/landmarks")
     async def landmarks():
-        return {"landmarks": state.recognizer.landmarks()}
+        return {"landmarks": state.recognizer.landmarks(), "threshold": state.recognizer.threshold_info(
+            settings.min_prob)}
+
+    @app.get("/v1/model", summary="The model: its landmarks and how its threshold was chosen")
+    @timed("/v1/model")
+    async def model_info():
+        """What decides: the model file, method and backend, how many landmarks, and the threshold with where it
+        comes from (``calibrated`` false: a fallback, a missing index or a hand-set value; its false rate is then
+        unknown). A photo gets a landmark when its confidence >= the threshold."""
+        rec = state.recognizer
+        return {"model": state.model_name, "method": rec.method,
+                "backend": getattr(getattr(rec, "backend", None), "name", None), "landmarks": len(rec.landmarks()),
+                "threshold": rec.threshold_info(settings.min_prob),
+                "rule": "a landmark when confidence >= threshold (both rounded to 6 decimals)"}
 
     @app.post("/v1/landmarks", summary="Add a landmark from example photos (API token required)",
               dependencies=[Depends(require_token)], status_code=201)
@@ -559,9 +574,12 @@ def serve_main(args: argparse.Namespace) -> int:
                              model_workers=args.model_workers,
                              min_prob=args.min_prob)
     token = read_token()
+    # Loaded here, not in the server's start-up: a wrong path or a damaged file is one line and exit status 1
+    recognizer = load_recognizer(model, args.device, args.backend, settings.min_prob)
+    log.info("Threshold: %s", recognizer.threshold_note(settings.min_prob))
     if token is None:
         log.info("No API token (%s / %s): adding and removing landmarks is off", TOKEN_ENV, TOKEN_FILE_ENV)
-    app = create_app(model, settings, backend=args.backend, device=args.device, token=token)
+    app = create_app(model, settings, backend=args.backend, device=args.device, token=token, recognizer=recognizer)
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info",
                 timeout_graceful_shutdown=int(math.ceil(settings.timeout_s)) + 5)
     return 0
