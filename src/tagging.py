@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import sys
 import time
@@ -332,11 +333,15 @@ def tag_main(args: argparse.Namespace) -> int:
     rate = f", {new / summary.seconds:.1f} photos/s" if new and summary.seconds > 0 else ""
     parts = [f"{summary.total} photos: {summary.tagged} tagged ({summary.tagged - summary.no_landmark} with a "
              f"landmark, {summary.no_landmark} no known landmark), {summary.skipped} already done, {summary.errors} "
-             f"failed{rate} -> {args.out}"]
+             f"failed in {summary.seconds:.0f} s{rate} -> {args.out}"]
     if summary.metadata or summary.metadata_errors:
         words = ", ".join(f"{n} {word}" for word, n in sorted(summary.metadata.items()))
         parts.append(f"metadata: {words}" + (f", {summary.metadata_errors} failed" if summary.metadata_errors else ""))
     print("; ".join(parts))
+    try:  # what decided them, with every summary: an uncalibrated threshold says so each time
+        print(f"Threshold: {json.loads(run_info_path(Path(args.out)).read_text(encoding='utf-8'))['threshold_note']}")
+    except (OSError, ValueError, KeyError):
+        pass
     if summary.redecided:
         print(f"{summary.redecided} photos decided again (model, landmark index or threshold changed): "
               f"{len(summary.changed)} changed their answer" + (":" if summary.changed else ""))
