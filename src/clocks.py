@@ -39,6 +39,7 @@ LANDMARK_WEIGHT = 3           # a confident landmark where the GPS device was is
 AGREE_SLACK_M = 1_000.0
 DISAGREE_SLACK_M = 25_000.0
 HOME_CELL_DEG = 0.5
+REFINED_CLOCK_UNC_S = 120.0  # an offset refined on 3+ matched photos; else half the match window
 SIMILAR_SHIFT_S = 3 * 3600.0  # baseline pairs: the same photos against GPS photos from 3 h before and after
 
 
@@ -177,7 +178,7 @@ def _estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
     if best_pick is not None:
         _, g, best, n_matched = best_pick
         _set_offset(s, g, int(GRID_MIN[best]), opts)
-        s.detail = (f"{s.device} clock {_fmt_offset(s.offset_s / 60)} estimated from {n_matched:.0f} of "
+        s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} estimated from {n_matched:.0f} of "
                     f"{len(s.paths)} photos within {format_gap(opts.match_window_s)} of {g.device}'s")
 
 
@@ -191,6 +192,7 @@ def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
         residual = float(np.median(g.secs[idx[ok]] - (s.times[ok] - offset)))
         if abs(residual) <= 450:
             offset -= residual
+            s.clock_unc_s = REFINED_CLOCK_UNC_S
     s.offset_s = offset
 
 
@@ -211,7 +213,7 @@ def _history(sessions: list[Session], lm_by_session, cands_by_session, opts) -> 
             score, matched = s.scores.get(g.device, (None, None))
             if score is not None and score[k] >= max(1.0, float(score.max())):
                 _set_offset(s, g, ref.grid_min, opts)
-                s.detail = (f"{s.device} clock {_fmt_offset(s.offset_s / 60)} as in its session of "
+                s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} as in its session of "
                             f"{os.path.basename(ref.paths[0])} ({matched[k]:.0f} of {len(s.paths)} photos within "
                             f"{format_gap(opts.match_window_s)} of {g.device}'s)")
                 break

@@ -21,6 +21,7 @@ EPOCH = datetime(1970, 1, 1)
 EARTH_RADIUS_M = 6_371_000.0
 GPS_ERROR_M = 20.0            # a phone's GPS fix outdoors, typical horizontal error
 WALKING_MPS = 5.0 / 3.6       # the envelope when the neighbours show no faster movement
+MIN_LEG_S = 60.0              # speeds between neighbours are measured over at least a minute
 
 
 def clock_seconds(when: datetime) -> float:
@@ -110,7 +111,15 @@ class Anchors:
         if dt > max_gap_s:
             return 0.0
         dist = distance_m(self._lat_list[i], self._lon_list[i], self._lat_list[j], self._lon_list[j])
-        return dist / dt if dt > 0 else (0.0 if dist < 50 else math.inf)
+        # two fixes' errors are not movement, and over seconds they would read as a sprint
+        dist = max(0.0, dist - 2 * GPS_ERROR_M)
+        return dist / max(dt, MIN_LEG_S) if dist > 0 else 0.0
+
+    def _envelope(self, first: int, end: int, max_gap_s: float, max_speed_mps: float) -> float:
+        """The speed the photographer may have moved at around anchors ``first..end-1``: walking, or the plausible
+        legs into and out of them (a leg faster than ``max_speed_mps`` is a flight: not how they moved here)."""
+        legs = [self._leg_speed(first - 1, first, max_gap_s), self._leg_speed(end - 1, end, max_gap_s)]
+        return max([WALKING_MPS] + [v for v in legs if v <= max_speed_mps])
 
     def _name(self, i: int) -> str:
         return os.path.basename(self.paths[i])
@@ -126,8 +135,7 @@ class Anchors:
             lats, lons = self.lat[lo:hi], self.lon[lo:hi]
             lat, lon = float(lats.mean()), float(_mean_lon(lons))
             spread = float(np.max(haversine_m(lat, lon, lats, lons)))
-            speed = max(WALKING_MPS, min(max_speed_mps, max(self._leg_speed(lo - 1, lo, max_gap_s),
-                                                            self._leg_speed(hi - 1, hi, max_gap_s))))
+            speed = self._envelope(lo, hi, max_gap_s, max_speed_mps)
             names = ", ".join(self._name(i) for i in range(lo, min(hi, lo + 3))) + (" ..." if hi - lo > 3 else "")
             return Estimate(lat, lon, GPS_ERROR_M + spread + speed * clock_unc_s, f"{names}, same time", 0.0,
                             tuple(self._row(i) for i in range(lo, hi)))
@@ -151,8 +159,7 @@ class Anchors:
                 return Estimate(lat, lon, acc, text, min(d_b, d_a), (self._row(before), self._row(after)))
         # the nearest alone: the other side is missing, too far in time, or implies an implausible speed
         i, gap = (before, d_b) if d_b <= d_a else (after, d_a)
-        v = max(WALKING_MPS, min(max_speed_mps, max(self._leg_speed(i - 1, i, max_gap_s),
-                                                    self._leg_speed(i, i + 1, max_gap_s))))
+        v = self._envelope(i, i + 1, max_gap_s, max_speed_mps)
         acc = GPS_ERROR_M + v * (gap + clock_unc_s)
         text = f"{self._name(i)}, {format_gap(gap)} {'earlier' if i == before else 'later'}"
         return Estimate(lats[i], lons[i], acc, text, gap, (self._row(i),))
