@@ -6,9 +6,9 @@ each searched with its own reference left out), the same photos with their own l
 (landmarks the index does not know), and photos that show no landmark from one or more folders, each split into
 *sources* (a folder, or one per ``repo`` of its ``sources.csv``; of each folder only the calibration half,
 :func:`src.openset.split_negatives`, the other half is kept for measuring). The threshold is the least one at
-which every source gets at most ``--max-false-rate`` landmarks; the false rate it keeps on photos from elsewhere
-is measured by leaving each source out of the fit in turn (:func:`src.openset.leave_one_source_out`) and stated
-as the calibration's ``promise``.
+which at most ``--max-false-rate`` of all those photos get a landmark; the false rate it keeps on photos from
+elsewhere is measured by leaving each source out of the fit in turn (:func:`src.openset.leave_one_source_out`),
+and the worst source left out is stated as the calibration's ``promise``.
 
 Without ``--negatives``: ``$LANDMARK_NEGATIVES``, else ``../shared/data/everyday`` and ``everyday2`` beside the
 project when present, else the small set shipped in ``src/calibration_photos`` (see its README).
@@ -30,16 +30,17 @@ from .index import LandmarkIndex, index_path_for
 from .openset import (
     DEFAULT_MAX_FALSE_RATE,
     FALLBACK_MIN_PROB,
+    POOLED,
     auroc,
     confidence,
     fit_confidence,
     fit_open_set,
     leave_one_source_out,
+    open_set_threshold,
     shift_to_threshold,
     split_negatives,
     top_features,
     without_class,
-    worst_source_threshold,
 )
 from .pipeline import iter_predictions
 from .recognizer import class_info, fingerprint
@@ -67,7 +68,7 @@ def default_negatives_dir() -> list[Path] | None:
     return shared or ([SHIPPED_NEGATIVES] if SHIPPED_NEGATIVES.is_dir() else None)
 
 
-def _repos(folder: Path) -> dict[str, str]:
+def source_names(folder: Path) -> dict[str, str]:
     """``{file relative to folder: source name}`` from ``folder/sources.csv``'s ``file`` and ``repo`` columns."""
     table = folder / "sources.csv"
     if not table.is_file():
@@ -87,7 +88,7 @@ def negative_sources(folders) -> dict[str, list[Path]]:
             raise ValueError(f"{folder}: no such folder of photos without landmarks")
         halves = split_negatives(folder)
         shipped = folder.resolve() == SHIPPED_NEGATIVES
-        repos = _repos(folder)
+        repos = source_names(folder)
         for path in sorted(halves["calibrate"] + halves["measure"]) if shipped else halves["calibrate"]:
             repo = repos.get(path.relative_to(folder).as_posix())
             sources.setdefault(f"{folder.name}/{repo}" if repo else folder.name, []).append(path)
@@ -120,9 +121,11 @@ def run_model(backend, paths, desc: str, progress: bool = True):
 
 def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os.PathLike | None = None,
                 valid_size: float = 0.2, seed: int = 42, max_false_rate: float = DEFAULT_MAX_FALSE_RATE,
-                progress: bool = True) -> LandmarkIndex:
+                progress: bool = True, rule: str = POOLED) -> LandmarkIndex:
     """The index of a model's own landmarks (all training photos of ``data_dir`` as references; none for a
-    model without embeddings) with its calibration; see the module docstring."""
+    model without embeddings) with its calibration; see the module docstring. ``negatives``: a folder or a list
+    of folders of photos without landmarks; ``rule``: how the threshold counts them
+    (:func:`src.openset.open_set_threshold`)."""
     data = load_landmark_data(data_dir, valid_size=valid_size, seed=seed)
     model_classes = list(backend.class_names)
     missing = sorted(set(model_classes) - set(data.class_names))
@@ -201,17 +204,17 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
     neg_all = np.concatenate([everyday, unknown])
     fittable = 0 < known_right.sum() and len(neg_all)
     if folders and fittable:
-        model, threshold = fit_open_set(known_features, known_right, sources, max_false_rate)
+        model, threshold = fit_open_set(known_features, known_right, sources, max_false_rate, rule)
         calibration["confidence"] = model
         if retrieval:  # enrolled landmarks have no classifier output: scored on the first two features alone,
             # shifted so that the one threshold gives them the same calibrated false rate on every source
             enrolled = fit_confidence(np.concatenate([known_features, neg_all])[:, :2],
                                       np.r_[known_right, np.zeros(len(neg_all))].astype(float))
-            own = worst_source_threshold({n: confidence(f[:, :2], enrolled) for n, f in sources.items()},
-                                         max_false_rate)
+            own = open_set_threshold({n: confidence(f[:, :2], enrolled) for n, f in sources.items()},
+                                     max_false_rate, rule)
             calibration["confidence_enrolled"] = shift_to_threshold(enrolled, own, threshold)
         # the promise: the false rate on photos from a source the fit never saw, each source left out in turn
-        held = leave_one_source_out(known_features, known_right, sources, max_false_rate)
+        held = leave_one_source_out(known_features, known_right, sources, max_false_rate, rule)
         conf_known = confidence(known_features, model)
         per_source = {n: float(np.mean(confidence(f, model) >= threshold)) for n, f in sorted(sources.items())}
         promise = max(held.values()) if held else max(per_source.values())
@@ -222,7 +225,7 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
             text += f" + {len(unknown)} photos of landmarks held out of the index"
         text += (f"; at most {promise:.1%} given a landmark on a held-out source" if held else
                  f"; {promise:.1%} given a landmark on its own photos (one source: none held out)")
-        calibration.update(threshold=threshold, threshold_source=text, held_out_false_rate=held,
+        calibration.update(threshold=threshold, threshold_source=text, held_out_false_rate=held, rule=rule,
                            promise=float(promise), promise_measured=bool(held), measured_on_calibration={
                                "known_tagged_right": float(np.mean((conf_known >= threshold) & known_right)),
                                "negatives_given_landmark": float(np.mean(confidence(everyday, model) >= threshold))

@@ -158,20 +158,36 @@ def worst_source_threshold(scores_by_source: dict[str, np.ndarray], max_false_ra
     return max(choose_threshold(scores, max_false_rate) for scores in scores_by_source.values() if len(scores))
 
 
+POOLED, PER_SOURCE = "pooled", "per_source"
+
+
+def open_set_threshold(scores_by_source: dict[str, np.ndarray], max_false_rate: float, rule: str = POOLED) -> float:
+    """:data:`POOLED`: at most ``max_false_rate`` of all the photos together (each photo counts once);
+    :data:`PER_SOURCE`: of every source (:func:`worst_source_threshold`: stricter; a source of fewer than
+    1/``max_false_rate`` photos then lets none through)."""
+    if rule == PER_SOURCE:
+        return worst_source_threshold(scores_by_source, max_false_rate)
+    if rule != POOLED:
+        raise ValueError(f"unknown threshold rule {rule!r} (use {POOLED!r} or {PER_SOURCE!r})")
+    return choose_threshold(np.concatenate([np.asarray(s, dtype=np.float64) for s in scores_by_source.values()]),
+                            max_false_rate)
+
+
 def fit_open_set(known: np.ndarray, right: np.ndarray, sources: dict[str, np.ndarray],
-                 max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> tuple[dict, float]:
+                 max_false_rate: float = DEFAULT_MAX_FALSE_RATE, rule: str = POOLED) -> tuple[dict, float]:
     """``(confidence model, threshold)`` fitted on known-landmark photos (``known`` features, ``right``: the top
-    answer is their landmark) and photos without a known landmark, ``{source: features}``; the threshold is
-    :func:`worst_source_threshold`. Sources are taken in name order: the same inputs give the same threshold."""
+    answer is their landmark) and photos without a known landmark, ``{source: features}``; the threshold by
+    ``rule`` (:func:`open_set_threshold`). Sources are taken in name order: the same inputs give the same
+    threshold."""
     names = sorted(n for n in sources if len(sources[n]))
     negatives = np.concatenate([np.asarray(sources[n], dtype=np.float64) for n in names])
     model = fit_confidence(np.concatenate([known, negatives]),
                            np.r_[np.asarray(right, dtype=np.float64), np.zeros(len(negatives))])
-    return model, worst_source_threshold({n: confidence(sources[n], model) for n in names}, max_false_rate)
+    return model, open_set_threshold({n: confidence(sources[n], model) for n in names}, max_false_rate, rule)
 
 
 def leave_one_source_out(known: np.ndarray, right: np.ndarray, sources: dict[str, np.ndarray],
-                         max_false_rate: float = DEFAULT_MAX_FALSE_RATE) -> dict[str, float]:
+                         max_false_rate: float = DEFAULT_MAX_FALSE_RATE, rule: str = POOLED) -> dict[str, float]:
     """For each source: fit (:func:`fit_open_set`) on all the others, and measure the share of the left-out
     source's photos given a landmark: the false rate on photos from a place the calibration never saw.
     ``{}`` with fewer than two sources (nothing to leave out)."""
@@ -180,7 +196,8 @@ def leave_one_source_out(known: np.ndarray, right: np.ndarray, sources: dict[str
         return {}
     rates = {}
     for name in names:
-        model, threshold = fit_open_set(known, right, {n: sources[n] for n in names if n != name}, max_false_rate)
+        model, threshold = fit_open_set(known, right, {n: sources[n] for n in names if n != name}, max_false_rate,
+                                        rule)
         rates[name] = float(np.mean(confidence(sources[name], model) >= threshold))
     return rates
 

@@ -108,8 +108,12 @@ def test_leave_one_source_out_is_deterministic_and_measures_each_source_left_out
     model, threshold = fit_open_set(known, right, sources, 0.02)
     again = fit_open_set(known, right, dict(reversed(list(sources.items()))), 0.02)  # order does not matter
     assert threshold == again[1] and model == again[0]
-    for name, features in sources.items():  # every source within the target, not just the pooled photos
-        assert np.mean(confidence(features, model) >= threshold) <= 0.02
+    pooled = np.concatenate([confidence(f, model) for f in sources.values()])
+    assert np.mean(pooled >= threshold) <= 0.02 < np.mean(pooled >= np.nextafter(threshold, 0) - 0.01)
+    strict_model, strict = fit_open_set(known, right, sources, 0.02, rule="per_source")
+    assert strict_model == model and strict >= threshold
+    for name, features in sources.items():  # per source: every source within the target, not just all pooled
+        assert np.mean(confidence(features, model) >= strict) <= 0.02
     held = leave_one_source_out(known, right, sources, 0.02)
     assert held == leave_one_source_out(known, right, sources, 0.02) and sorted(held) == sorted(sources)
     for name in sources:
