@@ -97,6 +97,7 @@ class ReportSummary:
     missing_thumbnails: int = 0
     size_bytes: int = 0
     by_source: dict = field(default_factory=dict)  # location_source -> photos on the map
+    threshold_note: str = ""  # how the photos were decided (tag's record)
 
 
 def read_tag_rows(path: Path) -> list[dict]:
@@ -127,6 +128,21 @@ def photos_folder(csv_path: Path, photos: str | None) -> Path:
             return Path(folder)
     raise ValueError(f"{csv_path}: which folder are its photos in? Give --photos DIR (tag records it in "
                      f"{csv_path.name}.json; there is none)")
+
+
+def threshold_note(csv_path: Path, rows: list[dict]) -> str:
+    """How the photos were decided, from what ``tag`` recorded beside its CSV (the threshold and whether it was
+    calibrated, on what); the CSV's own threshold column when that record is missing."""
+    for record in (csv_path.with_name(csv_path.name + ".json"), csv_path.with_suffix(".json")):
+        try:
+            note = json.loads(record.read_text(encoding="utf-8")).get("threshold_note")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if note:
+            return note
+    values = sorted({r.get("threshold") for r in rows if r.get("threshold")})
+    return (f"threshold {', '.join(values) or 'unknown'}: how it was chosen was not recorded (tag the photos again "
+            f"to record it)")
 
 
 def thumbnail(path: Path, size: int) -> str:
@@ -236,6 +252,8 @@ main { padding: 0 20px 30px 20px; }
 .lt-thumbs figcaption { font-size: 0.72rem; overflow-wrap: anywhere; color: #444; }
 .lt-missing { width: 132px; height: 100px; background: #eee; display: flex; align-items: center;
   justify-content: center; font-size: 0.7rem; color: #888; border-radius: 4px; text-align: center; }
+.lt-threshold { padding: 6px 20px; font-size: 0.85rem; background: #eef2f6; }
+.lt-warn { background: #fdecea; color: #8a1c1c; font-weight: bold; }
 .lt-errors li { font-family: ui-monospace, monospace; font-size: 0.8rem; }
 .lt-pin, .lt-key { width: 14px; height: 14px; border-radius: 50%; border: 2px solid #fff; box-shadow: 0 0 3px #000;
   box-sizing: border-box; background: var(--c); }
@@ -360,6 +378,12 @@ def build_report(csv_path: str | os.PathLike, photos: str | os.PathLike | None =
     legend = f'<div class="lt-legend">{legend}</div>' if legend else ""
     header = (f"<header><h1>{_e(title)}</h1><div>{_e(folder)}</div>{counts}{legend}</header>")
     fig.html.add_child(folium.Element(header), name="lt_header", index=0)
+    summary.threshold_note = threshold_note(csv_path, rows)
+    warn = "UNCALIBRATED" in summary.threshold_note or "not recorded" in summary.threshold_note
+    fig.html.add_child(folium.Element(  # said with the decisions, as everywhere they are shown
+        f'<div id="threshold-note" class="lt-threshold{" lt-warn" if warn else ""}">Threshold: '
+        f"{_e(summary.threshold_note)}. A photo gets a landmark when its confidence is at or above it.</div>"),
+        name="lt_threshold", index=1)
     page = fig.render()
     # the map adds its div to the body as it renders: the gallery goes after it, at the end of the body
     gallery = f"<main>{_gallery(groups, colours, errors)}</main>" + POPUP_JS % json.dumps(fmap.get_name())
@@ -386,6 +410,7 @@ def report_main(args: argparse.Namespace) -> int:
     print(f"{out}: {summary.photos} photos, {summary.tagged} tagged ({len(summary.landmarks)} landmarks), "
           f"{summary.no_landmark} no known landmark, {summary.errors} errors; {summary.on_map} on the map; "
           f"{summary.size_bytes / 1e6:.1f} MB (opens offline; map tiles from OpenStreetMap need the network)")
+    print(f"Threshold: {summary.threshold_note}")
     if summary.missing_thumbnails:
         print(f"{summary.missing_thumbnails} photos have no preview (missing or unreadable now)", file=sys.stderr)
     return 0
