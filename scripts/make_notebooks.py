@@ -27,9 +27,9 @@ photos come from `$LANDMARK_DATA` (a folder or zip in the course layout) or are 
 use. A GPU is used when there is one (`LANDMARK_DEVICE=cpu` forces the CPU). `LANDMARK_QUICK=1` is the test
 suite's smoke run (a tiny data set, one epoch): its numbers mean nothing, and such outputs are never committed.
 
-**The outputs below** come from a full run on the 13-landmark development set (`../shared/data/landmarks13`:
-821 training and 204 test photos), the stand-in for the course's 50-landmark set, which cannot be downloaded
-where they were made (a 2-core CPU, no GPU); regenerate them with
+**The outputs below** come from a full run on the 13-landmark development set (821 training and 204 test
+photos), the stand-in for the course's 50-landmark set, which could not be downloaded where they were made (a
+2-core CPU, no GPU); your own run on your photos gives your figures. Regenerate them with
 `LANDMARK_DATA=... python scripts/make_notebooks.py --execute`. On the course set the same cells train on 50
 landmarks and 4996 photos; its figures were not measured here."""
 
@@ -482,7 +482,9 @@ APP = [
 Choose one or more photos, press **Classify**, and the app shows, for each photo, the landmark it recognises with
 how sure it is (in words and colour, and as the chance that the answer is right), where it is (with a map link),
 the other likely landmarks, and **no known landmark** when it is not sure enough: then it gives no place at all.
-The threshold comes calibrated with the model (about 2 in 100 photos without a known landmark get one); the
+A photo gets a landmark when its confidence is at or above the threshold. The threshold comes with the model:
+calibrated when the model was exported with photos without landmarks (`$LANDMARK_NEGATIVES`; then about 2 in
+100 such photos get one), otherwise a fallback of unknown false rate, which the app says with every answer. The
 slider moves it. A file that is not a photo gets a one-line message instead.
 
 **Add a landmark** (below the results): a name, where it is and a few photos; the next photo of it is recognised,
@@ -491,7 +493,7 @@ no training. The model is the best one exported to `checkpoints/` (`transfer_exp
 (Voila on http://127.0.0.1:8866/).
 
 The outputs below come from the model `transfer_learning.ipynb` exported in a full run on the 13-landmark
-development set (`../shared/data/landmarks13`); the app's controls need a live kernel (JupyterLab or Voila)."""),
+development set; the app's controls need a live kernel (JupyterLab or Voila)."""),
     ("code", """\
 from src.app import build_app
 
@@ -556,11 +558,35 @@ def execute(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     return nb
 
 
+def update_markdown(path: Path, built: nbformat.NotebookNode) -> str:
+    """The text (markdown) cells of the committed notebook at ``path`` replaced by ``built``'s; its code cells and
+    their outputs stay (prose changes need no rerun). Refused when the cells no longer line up."""
+    nb = nbformat.read(path, as_version=4)
+    if [c.cell_type for c in nb.cells] != [c.cell_type for c in built.cells] or any(
+            a.source != b.source for a, b in zip(nb.cells, built.cells) if a.cell_type == "code"):
+        raise SystemExit(f"{path.name}: its code cells differ from this script: rerun it with --execute")
+    changed = 0
+    for cell, new in zip(nb.cells, built.cells):
+        if cell.cell_type == "markdown" and cell.source != new.source:
+            cell.source, changed = new.source, changed + 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)
+    return f"{path.relative_to(ROOT)}: {changed} text cells rewritten, code and outputs kept"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write (and with --execute, run) the project's notebooks.")
     parser.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
     parser.add_argument("--only", nargs="+", default=None, help="just these notebooks (file names)")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite only the committed notebooks' text cells (code cells and outputs kept)")
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        for name, cells, prefix in NOTEBOOKS:
+            if not args.only or name in args.only:
+                print(update_markdown(ROOT / name, build(cells, prefix)))
+        return 0
     if args.execute and os.environ.get("LANDMARK_QUICK"):
         print("error: LANDMARK_QUICK is set; committed outputs must come from a full run", file=sys.stderr)
         return 2
