@@ -40,7 +40,8 @@ AGREE_SLACK_M = 1_000.0
 DISAGREE_SLACK_M = 25_000.0
 HOME_CELL_DEG = 0.5
 REFINED_CLOCK_UNC_S = 120.0  # an offset refined on 3+ matched photos; else half the match window
-SIMILAR_SHIFT_S = 3 * 3600.0  # baseline pairs: the same photos against GPS photos from 3 h before and after
+SIMILAR_FAR_M = 100_000.0     # baseline pairs: the session's photos against the GPS device's photos from elsewhere
+SIMILAR_SAMPLE = 16
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Session:
     landmark_ok: bool = False
     similar_ok: bool = False
     mapped: bool = False
+    offset_support: float = 0.0              # photos matched at an estimated offset
     detail: str = ""                         # appended to each placed photo's evidence
     note: str = ""                           # why its photos have no place
     scores: dict = field(default_factory=dict)   # gps device -> score per GRID_MIN (unknown clocks)
@@ -178,6 +180,7 @@ def _estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
     if best_pick is not None:
         _, g, best, n_matched = best_pick
         _set_offset(s, g, int(GRID_MIN[best]), opts)
+        s.offset_support = float(n_matched)
         s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} estimated from {n_matched:.0f} of "
                     f"{len(s.paths)} photos within {format_gap(opts.match_window_s)} of {g.device}'s")
 
@@ -196,9 +199,9 @@ def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
     s.offset_s = offset
 
 
-def _history(sessions: list[Session], lm_by_session, cands_by_session, opts) -> None:
-    """Pass 2: an unclear session takes its device's offset from the nearest clear session when it scores as
-    well as the best offset and has some support."""
+def _history(sessions: list[Session], cands_by_session, opts) -> None:
+    """Pass 2: an unclear session takes its device's offset from the nearest clear session when that offset scores
+    as well as the best one (a camera keeps its clock until someone sets it; ties go to its history)."""
     clear_by_device: dict[str, list[Session]] = defaultdict(list)
     for s in sessions:
         if not s.known and s.grid_min is not None:
@@ -209,10 +212,13 @@ def _history(sessions: list[Session], lm_by_session, cands_by_session, opts) -> 
         mid = float(np.median(s.times))
         ref = min(clear_by_device[s.device], key=lambda o: abs(float(np.median(o.times)) - mid))
         k = int(np.flatnonzero(GRID_MIN == ref.grid_min)[0])
-        for g in cands_by_session[i]:
-            score, matched = s.scores.get(g.device, (None, None))
-            if score is not None and score[k] >= max(1.0, float(score.max())):
+        mid_instant = np.array([mid - ref.grid_min * 60.0])
+        for g in sorted(cands_by_session[i], key=lambda a: (a.device != ref.gps_device, -s.scores[a.device][1][k],
+                                                            float(a.nearest(mid_instant)[1][0]))):
+            score, matched = s.scores[g.device]
+            if score[k] >= float(score.max()):
                 _set_offset(s, g, ref.grid_min, opts)
+                s.offset_support = float(matched[k])
                 s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} as in its session of "
                             f"{os.path.basename(ref.paths[0])} ({matched[k]:.0f} of {len(s.paths)} photos within "
                             f"{format_gap(opts.match_window_s)} of {g.device}'s)")
@@ -220,25 +226,24 @@ def _history(sessions: list[Session], lm_by_session, cands_by_session, opts) -> 
 
 
 def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | None, opts) -> bool:
-    """The pixels: photos matched in time look more alike than the same photos against GPS photos 3 h away."""
+    """The pixels: the session's photos look more like the GPS photos shot with them than like the same device's
+    GPS photos from elsewhere (over ``SIMILAR_FAR_M`` away): scenes of this place, not of the place it stayed."""
     if similarity is None:
         return False
-    t = s.times - s.offset_s
-    idx, gap = g.nearest(t)
+    idx, gap = g.nearest(s.times - s.offset_s)
     ok = np.flatnonzero(gap <= opts.match_window_s)
     if len(ok) < 2:
         return False
+    centre = np.median(g.lat[idx[ok]]), np.median(g.lon[idx[ok]])
+    far = np.flatnonzero(haversine_m(centre[0], centre[1], g.lat, g.lon) > SIMILAR_FAR_M)
+    far = far[np.linspace(0, len(far) - 1, min(len(far), SIMILAR_SAMPLE)).astype(int)] if len(far) else far
     matched, baseline = [], []
-    for j in ok.tolist():
-        value = similarity(s.paths[j], g.paths[int(idx[j])])
-        if value is not None:
-            matched.append(value)
-        for shift in (-SIMILAR_SHIFT_S, SIMILAR_SHIFT_S):
-            k, d = g.nearest(np.array([t[j] + shift]))
-            if d[0] <= opts.max_gap_s:
-                other = similarity(s.paths[j], g.paths[int(k[0])])
-                if other is not None:
-                    baseline.append(other)
+    for j in ok[:SIMILAR_SAMPLE].tolist():
+        pairs = [(matched, int(idx[j]))] + [(baseline, int(k)) for k in far.tolist()]
+        for bucket, k in pairs:
+            value = similarity(s.paths[j], g.paths[k])
+            if value is not None:
+                bucket.append(value)
     if len(matched) < 2 or not baseline:
         return False
     return float(np.mean(matched)) - float(np.mean(baseline)) >= opts.similar_margin
@@ -250,11 +255,12 @@ def _evidence_at_offset(s: Session, lm, g: Anchors, home: Home, similarity, opts
         score, matched, _, _ = _scores(s.times, lm, g, SHIFTS_MIN * 60.0, opts)
         zero = int(np.flatnonzero(SHIFTS_MIN == 0)[0])
         s.interleave_ok = _clear(SHIFTS_MIN, score, zero, opts)[0]
+        s.offset_support = float(matched[zero])
         if s.interleave_ok and s.device != g.device:
             s.detail = (f"with {g.device}: {matched[zero]:.0f} of {len(s.paths)} photos within "
                         f"{format_gap(opts.match_window_s)} of its photos")
     else:
-        s.interleave_ok = True  # a clear winner (or its history) found the offset
+        s.interleave_ok = s.offset_support >= 1  # a clear winner, or its history with some photos matched
     agree, disagree = _landmark_counts(s.times, lm, g, np.array([s.offset_s]), opts.max_gap_s,
                                        opts.max_speed_kmh / 3.6)
     s.landmark_ok = agree[0] >= 1 and disagree[0] == 0
@@ -281,7 +287,7 @@ def decide_sessions(sessions: list[Session], anchors: dict[str, Anchors], landma
             s.offset_s = 0.0
         else:
             _estimate_offset(s, lm, cands, opts)
-    _history(sessions, lm_by_session, cands_by_session, opts)
+    _history(sessions, cands_by_session, opts)
     for i, s in enumerate(sessions):
         if s.offset_s is None:
             if not s.note:
@@ -312,6 +318,13 @@ def _decide_together(sessions: list[Session], opts) -> None:
         else:
             s.corroborated = s.landmark_ok or (s.interleave_ok and s.similar_ok)
             s.together = s.corroborated
+    for s in sessions:  # at home, a device seen with the GPS device at home before: its history is evidence
+        if s.offset_s is not None and not s.together and not s.away and s.offset_support >= 1:
+            others = [o for o in by_device[s.device] if o is not s and o.together and not o.away
+                      and o.gps_device == s.gps_device]
+            if others:
+                s.together = True
+                s.detail += f"; as in its session of {os.path.basename(others[0].paths[0])} at home"
     for _ in range(len(sessions)):  # a trip: adjacent sessions of the same device shown to be there
         changed = False
         for device_sessions in by_device.values():

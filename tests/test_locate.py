@@ -186,6 +186,10 @@ def test_camera_left_on_home_time_on_a_trip_gets_the_right_offset():
     assert all(r[p].source in ("time", "landmark+time") for p in trip), [r[p].note for p in trip]
     assert all("UTC+01:00" in r[p].evidence for p in trip)
     assert max(lib.error_km(r, p) for p in trip) < 2.5
+    # days 2 and 3 show no landmark: placed as the same trip as day 1, whose Taj Mahal photo showed it was there
+    later = [p for p in trip if lib.evidence[p].time_local >= DAY + timedelta(days=11)]
+    assert later and all("same trip as its session of" in r[p].evidence for p in later)
+    assert any(r[p].source == "landmark+time" and r[p].landmark_key == "21.Taj_Mahal" for p in trip)
     # a camera 9 h off (Tokyo, camera on Paris time) alike, corroborated by the pixels this time
     lib2 = Library(3)
     home_days(lib2)
@@ -223,15 +227,18 @@ def test_ambiguous_overlap_leaves_the_camera_without_a_place():
         assert r[p].lat is None and "clock offset unknown" in r[p].note
 
 
-def test_history_gives_a_weak_session_its_devices_offset():
+@pytest.mark.parametrize("writes_offset", [False, True])
+def test_history_gives_a_weak_session_its_devices_offset(writes_offset):
+    """Two photos are too few to show a clock offset or that two devices were together; the device's other
+    sessions (same offset; with the phone at home) decide."""
     lib = Library(5)
-    home_days(lib, 3)
+    home_days(lib, 3, camera_writes_offset=writes_offset)
     # a short evening session 2 days later: two camera photos, each within minutes of a phone photo
     t = DAY + timedelta(days=5, hours=19)
     for k in range(2):
         where = near(PARIS, lib.rng)
         lib.add(PHONE, t + timedelta(minutes=40 * k), where, 60, True, True)
-        lib.add(CANON, t + timedelta(minutes=40 * k + 2), near(where, lib.rng, 0.05), 60, False, False)
+        lib.add(CANON, t + timedelta(minutes=40 * k + 2), near(where, lib.rng, 0.05), 60, writes_offset, False)
     r = lib.locate()
     late = [p for p in lib.of(CANON) if lib.evidence[p].time_local > t]
     assert len(late) == 2 and all(r[p].source == "time" and "as in its session of" in r[p].evidence for p in late)
