@@ -273,13 +273,14 @@ def _combine(path: str, parts: list[tuple[str, _Part]], notes: list[str]) -> Pho
 # ExifTool: one -stay_open process for the whole library
 # --------------------------------------------------------------------------------------------------------------
 
-TAGS = ("-File:FileType", "-File:MIMEType", "-ExifTool:Error", "-ExifTool:Warning",
-        "-EXIF:DateTimeOriginal", "-EXIF:SubSecTimeOriginal", "-EXIF:OffsetTimeOriginal", "-EXIF:OffsetTime",
-        "-GPS:GPSLatitude", "-GPS:GPSLatitudeRef", "-GPS:GPSLongitude", "-GPS:GPSLongitudeRef",
-        "-GPS:GPSDateStamp", "-GPS:GPSTimeStamp", "-EXIF:Make", "-EXIF:Model",
-        "-SerialNumber", "-BodySerialNumber", "-InternalSerialNumber",
-        "-XMP-exif:DateTimeOriginal", "-XMP-exif:GPSLatitude", "-XMP-exif:GPSLongitude", "-XMP-exif:GPSDateTime",
-        "-XMP-tiff:Make", "-XMP-tiff:Model", "-XMP-xmp:CreatorTool", f"-{NS}:Fields")
+# Plain tag names, not "-GROUP:Tag": ExifTool matches a grouped request against every tag it extracts, which
+# made a request 4x slower; -a keeps each group's value and -G1 names the group in the answer.
+TAGS = ("-FileType", "-MIMEType", "-Error", "-Warning", "-DateTimeOriginal", "-SubSecTimeOriginal",
+        "-OffsetTimeOriginal", "-OffsetTime", "-GPSLatitude", "-GPSLatitudeRef", "-GPSLongitude", "-GPSLongitudeRef",
+        "-GPSDateStamp", "-GPSTimeStamp", "-GPSDateTime", "-Make", "-Model", "-SerialNumber", "-BodySerialNumber",
+        "-InternalSerialNumber", "-CreatorTool", "-Fields")
+# -e: no composite tags (unused; a third of the time); -fast: no scan for trailers after the image
+COMMON_ARGS = ("-j", "-n", "-G1", "-a", "-e", "-fast", "-charset", "filename=utf8")
 _SERIALS = ("SerialNumber", "BodySerialNumber", "InternalSerialNumber")
 
 
@@ -342,8 +343,8 @@ class _ExifToolReader:
         self._stop()
 
     def _start(self) -> None:
-        common = ["-j", "-n", "-G1", "-a", "-fast", "-charset", "filename=utf8"]
-        self._process = self._module.ExifTool(common_args=common, config_file=str(CONFIG_FILE), encoding="utf-8")
+        self._process = self._module.ExifTool(common_args=list(COMMON_ARGS), config_file=str(CONFIG_FILE),
+                                              encoding="utf-8")
         self._process.run()
 
     def _stop(self) -> None:
