@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import tempfile
 import time
 import warnings
@@ -156,6 +157,46 @@ def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = STAL
                 removed.append(tmp)
         except OSError:  # gone already, or not ours to remove: leave it
             continue
+    return removed
+
+
+# Our writers' temporaries beside a file NAME: atomic_path's ``.NAME.PID.XXXXXXXX.tmp`` (mkstemp's 8 characters),
+# src.metadata's ``.NAME[.PID].hhhhhhhh.tmp.EXT`` (EXT: NAME's own ending, which ExifTool picks the format by) and
+# ExifTool's own ``<that>_exiftool_tmp`` when it was killed rewriting one.
+_TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp(?P<ext>\.[^.]+)?(?:_exiftool_tmp)?")
+
+
+def is_our_temporary(filename: str) -> tuple[bool, int | None]:
+    """``(True, PID or None)`` when ``filename`` is named like a temporary our atomic writers make."""
+    match = _TEMPORARY.fullmatch(filename)
+    if match is None:
+        return False, None
+    pid = int(match["pid"]) if match["pid"] else None
+    if match["ext"]:  # metadata's: the temporary keeps its target's ending
+        return match["name"].lower().endswith(match["ext"].lower()), pid
+    return pid is not None, pid  # atomic_path's always carry the PID
+
+
+def sweep_stale_temporaries(folder: str | os.PathLike, older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Remove, under ``folder`` (recursively, hidden folders skipped), the temporaries that our writers killed
+    mid-write (SIGKILL, power loss) left beside photos, sidecars and CSVs: only files named like ours (see
+    :func:`is_our_temporary`), untouched for ``older_than_s`` and, when the name has one, of a PID no longer
+    running. ``tag`` calls it once per run. Returns what was removed."""
+    removed = []
+    now = time.time()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            ours, pid = is_our_temporary(name) if name.startswith(".") else (False, None)
+            if not ours or (pid is not None and _process_alive(pid)):
+                continue
+            path = Path(root, name)
+            try:
+                if now - path.lstat().st_mtime >= older_than_s:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:  # gone already, or a read-only folder: left as it is
+                continue
     return removed
 
 

@@ -202,8 +202,9 @@ def _write(source: Path | None, target: Path, assign: dict, delete: list[str], s
 # --------------------------------------------------------------------------------------------------------------
 
 def _temporary_beside(path: Path) -> Path:
-    # same folder (one rename), hidden (never listed as a photo), same ending (ExifTool picks the format by it)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    # same folder (one rename), hidden (never listed as a photo), same ending (ExifTool picks the format by it);
+    # the PID tells a later tag run whether the writer is still alive (src.helpers.sweep_stale_temporaries)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def _open_checked(path: Path) -> Image.Image:

@@ -23,7 +23,9 @@ from typing import Iterable, Sequence
 from tqdm.auto import tqdm
 
 from .backends import resolve_device
-from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir
+from .cluster import add_cluster_arguments, cluster_main, require_tag_arguments
+from .cluster_io import RowFormat
+from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_writable_dir, sweep_stale_temporaries
 from .images import is_candidate_image
 from .metadata import MetadataError, check_exiftool, read_exif_gps, update_metadata
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
@@ -177,9 +179,11 @@ def list_photos(folder: Path, exclude: Sequence[Path] = ()) -> list[Path]:
 # --------------------------------------------------------------------------------------------------------------
 
 def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", metavar="DIR", help="folder of photos (searched recursively)")
+    parser.add_argument("folder", metavar="DIR", nargs="?",
+                        help="folder of photos (searched recursively); with --ray also a text file listing photos or "
+                             "an object-store prefix")
     add_model_arguments(parser, k=3)
-    parser.add_argument("--out", required=True, help="CSV to write (paths in it are relative to DIR)")
+    parser.add_argument("--out", help="CSV to write (paths in it are relative to DIR); with --ray a results folder")
     parser.add_argument("--sidecar", action="store_true",
                         help="write XMP sidecars (photo.jpg.xmp, or merge into an existing photo.jpg.xmp/photo.xmp "
                              "of another program, keeping its content) with the place; photos with no known "
@@ -192,6 +196,7 @@ def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
     parser.add_argument("--redo", action="store_true",
                         help="decide every photo again, even those decided by this same model and threshold")
+    add_cluster_arguments(parser)
 
 
 @dataclass
@@ -238,6 +243,7 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
+    sweep_stale_temporaries(folder)  # once per run: what writers killed mid-write left beside the photos
     ensure_writable_dir(out.parent)  # a read-only or mistyped --out fails before any work
     recognizer = as_recognizer(model, device=resolve_device(device), backend=backend)
     decided_by = recognizer.decided_by(min_prob)
@@ -326,6 +332,9 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
 
 def tag_main(args: argparse.Namespace) -> int:
     """Exit status 0 when every photo was decided ("no known landmark" counts as decided), 1 if any failed."""
+    require_tag_arguments(args)
+    if args.ray or args.from_results:  # the backlog job on Ray, or its metadata step (src/cluster.py)
+        return cluster_main(args, RowFormat(tuple(CSV_COLUMNS), record_to_row, rows_to_csv, read_existing_rows))
     summary = tag_folder(args.folder, args.model, args.out, k=args.k, min_prob=args.min_prob, sidecar=args.sidecar,
                          batch_size=args.batch_size, workers=args.workers, redo=args.redo, device=args.device,
                          into_photo=args.write_into_photo, backend=args.backend)
