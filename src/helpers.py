@@ -163,7 +163,7 @@ def remove_stale_temporaries(path: str | os.PathLike, older_than_s: float = STAL
 # Our writers' temporaries beside a file NAME: atomic_path's ``.NAME.PID.XXXXXXXX.tmp`` (mkstemp's 8 characters),
 # src.metadata's ``.NAME[.PID].hhhhhhhh.tmp.EXT`` (EXT: NAME's own ending, which ExifTool picks the format by) and
 # ExifTool's own ``<that>_exiftool_tmp`` when it was killed rewriting one.
-_TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp(?P<ext>\.[^.]+)?(?:_exiftool_tmp)?")
+_TEMPORARY = re.compile(r"\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp(?P<ext>\.[^.]+?)?(?:_exiftool_tmp)?")
 
 
 def is_our_temporary(filename: str) -> tuple[bool, int | None]:
