@@ -4,6 +4,7 @@ PhotoPrism's rule (the nearest photo in time that has a place, within 36 h), in 
 
     python benchmarks/bench_locate.py                          # runs/base/transfer_exported.pt, seed 2025
     python benchmarks/bench_locate.py --sweep-gap              # + the project's method at several --max-gap
+                                                               # (same flags as its main run, each on a fresh copy)
     python benchmarks/bench_locate.py --model M --seed 7 --scale 0.5 --work /tmp/sim --keep
 
 Each ``tag`` runs on its own copy of the library (what one run writes is never read by another). The project's
@@ -307,7 +308,12 @@ def run(args, work: Path, load_before: float) -> int:
     truth = truth_doc["photos"]
     print(f"library: {len(truth)} photos in {time.perf_counter() - started:.1f} s -> {library}")
     before = read_exif(library)
-    facts: dict = {"seed": args.seed, "scale": args.scale, "library_counts": truth_doc["counts"],
+    git = {"head": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=PROJECT).stdout.strip(),
+           "src_uncommitted": sorted(line[3:] for line in subprocess.run(
+               ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
+               cwd=PROJECT).stdout.splitlines())}
+    facts: dict = {"git": git, "seed": args.seed, "scale": args.scale, "library_counts": truth_doc["counts"],
                    "model": str(args.model), "load_before": load_before, "right_km": RIGHT_KM}
 
     # EXIF read rate of the project's reader (one ExifTool process for the library)
@@ -346,10 +352,10 @@ def run(args, work: Path, load_before: float) -> int:
                                     "wrong": wrong_list(truth, places), "breakdown": breakdown(truth, places)}
     rows.append(row_of("PhotoPrism's rule (36 h)", results["PhotoPrism's rule"]["metrics"], None, None))
     # 3. this project
+    extra = ["--track", str(gpx)] + ([] if args.no_write else ["--sidecar", "--write-into-photo"])
     if "--track" in helptext:
         lib_b = work / "lib_project"
         shutil.copytree(library, lib_b)
-        extra = ["--track", str(gpx)] + ([] if args.no_write else ["--sidecar", "--write-into-photo"])
         tag_rows, seconds, cmd = run_tag(lib_b, args.model, work / "project.csv", extra)
         cmd = cmd.replace(str(gpx), "tracks/" + gpx.name)
         places, names = placements(tag_rows)
@@ -370,8 +376,7 @@ def run(args, work: Path, load_before: float) -> int:
         for gap in args.gaps.split(","):
             lib_s = work / f"lib_gap_{gap}"
             shutil.copytree(library, lib_s)
-            tag_rows, seconds, _ = run_tag(lib_s, args.model, work / f"gap_{gap}.csv",
-                                           ["--track", str(gpx), "--max-gap", gap])
+            tag_rows, seconds, _ = run_tag(lib_s, args.model, work / f"gap_{gap}.csv", extra + ["--max-gap", gap])
             places, _ = placements(tag_rows)
             m = evaluate(truth, places, None)["timed"]
             sweep.append({"max_gap": gap, "right": f"{m['right_pct']} %", "wrong": f"{m['wrong_pct']} %",
