@@ -52,10 +52,11 @@ def load() -> float:
 # -------------------------------------------------------------------------------------------------------------
 
 def read_exif(library: Path) -> dict[str, dict]:
-    """Every photo's capture-time and GPS tags as ExifTool reads them (one process), by path in the library."""
-    tags = ["-DateTimeOriginal", "-OffsetTimeOriginal", "-GPSLatitude", "-GPSLongitude", "-GPSLatitudeRef",
-            "-GPSLongitudeRef"]
-    done = subprocess.run(["exiftool", "-json", "-n", "-r", "-q", "-q", "-ext", "jpg", *tags, str(library)],
+    """Every photo's capture-time and GPS tags as ExifTool reads them (one process, tags by group: the photo's own
+    GPS is the EXIF GPS IFD's; an estimate ``tag`` wrote is XMP-exif's), by path in the library."""
+    tags = ["-ExifIFD:DateTimeOriginal", "-ExifIFD:OffsetTimeOriginal", "-GPS:GPSLatitude", "-GPS:GPSLongitude",
+            "-GPS:GPSLatitudeRef", "-GPS:GPSLongitudeRef", "-XMP-exif:GPSLatitude", "-XMP-exif:GPSLongitude"]
+    done = subprocess.run(["exiftool", "-json", "-n", "-G1", "-r", "-q", "-q", "-ext", "jpg", *tags, str(library)],
                           capture_output=True, text=True)
     if done.returncode not in (0, 1) or not done.stdout.strip():
         raise RuntimeError(f"exiftool could not read {library}: {done.stderr.strip()[:300]}")
@@ -63,16 +64,23 @@ def read_exif(library: Path) -> dict[str, dict]:
 
 
 def own_gps(record: dict) -> tuple[float, float] | None:
-    if "GPSLatitude" not in record or "GPSLongitude" not in record:
+    """The EXIF GPS position (signed by its Ref tags), ``None`` without one."""
+    if "GPS:GPSLatitude" not in record or "GPS:GPSLongitude" not in record:
         return None
-    return float(record["GPSLatitude"]), float(record["GPSLongitude"])
+    lat, lon = abs(float(record["GPS:GPSLatitude"])), abs(float(record["GPS:GPSLongitude"]))
+    return (-lat if record.get("GPS:GPSLatitudeRef") == "S" else lat,
+            -lon if record.get("GPS:GPSLongitudeRef") == "W" else lon)
 
 
 def gps_changes(before: dict[str, dict], after: dict[str, dict]) -> dict:
-    """Photos whose own GPS (in the file) changed: those that had one (must be 0), and GPS-less ones that got one."""
+    """Photos whose own GPS (EXIF, in the file) changed: those that had one (must be 0), those that had none and
+    now have one in EXIF; and how many got an estimate in XMP-exif (what ``--write-into-photo`` writes)."""
     changed = [p for p, r in before.items() if own_gps(r) is not None and own_gps(after.get(p, {})) != own_gps(r)]
     added = [p for p, r in before.items() if own_gps(r) is None and own_gps(after.get(p, {})) is not None]
-    return {"own_gps_changed": len(changed), "own_gps_changed_paths": changed[:20], "gps_added_to_file": len(added)}
+    xmp = [p for p, r in after.items() if "XMP-exif:GPSLatitude" in r]
+    xmp_over_own = [p for p in xmp if own_gps(before.get(p, {})) is not None]
+    return {"own_gps_changed": len(changed), "own_gps_changed_paths": changed[:20], "exif_gps_added": len(added),
+            "xmp_gps_written": len(xmp), "xmp_gps_written_where_own_gps": len(xmp_over_own)}
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -85,10 +93,10 @@ def photoprism(exif: dict[str, dict]) -> dict[str, dict]:
     naive local time taken as UTC otherwise; no accuracy, no check."""
     def when(record):
         try:
-            t = datetime.strptime(str(record.get("DateTimeOriginal", "")), "%Y:%m:%d %H:%M:%S")
+            t = datetime.strptime(str(record.get("ExifIFD:DateTimeOriginal", "")), "%Y:%m:%d %H:%M:%S")
         except ValueError:
             return None
-        offset = str(record.get("OffsetTimeOriginal", ""))
+        offset = str(record.get("ExifIFD:OffsetTimeOriginal", ""))
         if len(offset) == 6 and offset[0] in "+-":
             sign = 1 if offset[0] == "+" else -1
             t -= sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
