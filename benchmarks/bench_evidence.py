@@ -108,8 +108,8 @@ def make_library(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def one_call_per_photo(photos: list[Path]) -> int:
-    """``exiftool -j -n`` with the same options and tags, one process per photo; returns how many gave a capture
-    time."""
+    """``exiftool -j -n`` with the same options and tags, one process per photo; returns how many answers hold a
+    DateTimeOriginal (absurd ones too: not checked, unlike the other rows' "with time")."""
     found = 0
     for path in photos:
         out = subprocess.run(["exiftool", "-config", str(CONFIG_FILE), *COMMON_ARGS, *TAGS, str(path)],

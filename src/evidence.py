@@ -262,7 +262,11 @@ def _combine(path: str, parts: list[tuple[str, _Part]], notes: list[str]) -> Pho
             rounded = int(round(gap / 15.0)) * 15
             if OFFSET_RANGE_MIN[0] <= rounded <= OFFSET_RANGE_MIN[1]:
                 ev.utc_offset_min, ev.offset_derived = rounded, True
-                notes.append(f"UTC offset {format_offset(rounded)} derived from the GPS time (no offset tag).")
+                off = abs(gap - rounded)
+                clock = f"; the clock is {off:.0f} min from GPS time" if off >= 1 else ""
+                notes.append(f"UTC offset {format_offset(rounded)} derived from the GPS time (no offset tag){clock}.")
+            else:
+                notes.append(f"Local time is {gap / 60:+.1f} h from the GPS time, no UTC offset; none derived.")
         elif abs(gap - ev.utc_offset_min) > 15:
             notes.append(f"Local time minus its offset is {abs(gap - ev.utc_offset_min):.0f} min from the GPS time "
                          "(a wrong clock or an old GPS fix).")

@@ -116,13 +116,20 @@ def test_offset_derived_from_gps_time(tmp_path, use_exiftool):
         "phone": ["-DateTimeOriginal=2024:07:10 21:44:10", "-GPSDateStamp=2024:07:10", "-GPSTimeStamp=19:44:02",
                   "-GPSLatitude=45.4", "-GPSLatitudeRef=N", "-GPSLongitude=12.3", "-GPSLongitudeRef=E"],
         # across midnight UTC, negative offset, a few minutes of clock difference
-        "night": ["-DateTimeOriginal=2024:07:10 20:10:00", "-GPSDateStamp=2024:07:11", "-GPSTimeStamp=00:14:00"]})
+        "night": ["-DateTimeOriginal=2024:07:10 20:10:00", "-GPSDateStamp=2024:07:11", "-GPSTimeStamp=00:14:00"],
+        # a GPS week-number rollover (1024 weeks back): no offset can be derived from that
+        "rollover": ["-DateTimeOriginal=2024:07:10 12:00:00", "-GPSDateStamp=2004:11:25", "-GPSTimeStamp=10:00:00"]})
     found = read_evidence(list(paths.values()), root=tmp_path, progress=False, exiftool=use_exiftool)
     phone, night = found["phone.jpg"], found["night.jpg"]
     assert phone.utc_offset_min == 120 and phone.offset_derived
     assert phone.notes == ["UTC offset +02:00 derived from the GPS time (no offset tag)."]
     assert phone.instant == datetime(2024, 7, 10, 19, 44, 10, tzinfo=timezone.utc)
     assert night.utc_offset_min == -240 and night.offset_derived
+    assert night.notes == ["UTC offset -04:00 derived from the GPS time (no offset tag); the clock is 4 min from GPS "
+                           "time."]
+    rollover = found["rollover.jpg"]
+    assert rollover.utc_offset_min is None and not rollover.offset_derived and rollover.instant is None
+    assert len(rollover.notes) == 1 and "none derived" in rollover.notes[0]
 
 
 @needs_exiftool
