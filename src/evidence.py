@@ -325,6 +325,14 @@ def _raw_exiftool(record: dict) -> tuple[dict, dict]:
     return exif, xmp
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as surrogates
+        return False
+    return True
+
+
 def _exiftool_arg(path: str) -> bytes:
     # a name starting with "-" would be read as an option
     return os.fsencode(os.path.join(".", path) if path.startswith("-") else path)
@@ -366,9 +374,11 @@ class _ExifToolReader:
         stderr = self._process.last_stderr or b""
         errors = (stderr.decode("utf-8", "surrogateescape") if isinstance(stderr, bytes) else stderr).splitlines()
         found: dict[str, dict | str] = {}
+        if len(files) == 1 and len(records) == 1:
+            found[files[0]] = records[0]  # its name may not be UTF-8: ExifTool's SourceFile then has "?" in it
         for rec in records:
             source = rec.get("SourceFile", "")
-            found[source[2:] if source.startswith("./-") else source] = rec
+            found.setdefault(source[2:] if source.startswith("./-") else source, rec)
         for f in files:
             if f not in found:
                 said = [e.split(" - ")[0].removeprefix("Error: ") for e in errors if e.endswith(" - " + f)]
@@ -376,6 +386,12 @@ class _ExifToolReader:
         return found
 
     def read(self, files: list[str]) -> dict[str, dict | str]:
+        odd = [f for f in files if not _utf8(f)]
+        if odd and len(files) > 1:  # one request each, so that the answer needs no name to be matched by
+            out = self.read([f for f in files if _utf8(f)]) if len(odd) < len(files) else {}
+            for f in odd:
+                out.update(self.read([f]))
+            return out
         try:
             return self._execute(files)
         except Exception as exc:  # the process died or answered garbage: restart, then one file at a time

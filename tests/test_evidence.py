@@ -246,3 +246,23 @@ def test_without_exiftool_pillow_reads_with_one_warning(tmp_path, monkeypatch, c
     assert all(ev.instant == datetime(2024, 2, 3, 7, 5, 6, tzinfo=timezone.utc) for ev in found.values())
     err = capsys.readouterr().err
     assert err.count("warning: exiftool is not installed") == 1 and "sidecars are not read" in err
+
+
+@needs_exiftool
+def test_names_exiftool_cannot_echo(tmp_path):
+    """A file name that is not UTF-8 (ExifTool answers "?" for those bytes) and one with spaces, quotes and CJK."""
+    base = jpeg(tmp_path / "base.jpg")
+    exif_write({base: ["-DateTimeOriginal=2024:05:01 12:00:00", "-OffsetTimeOriginal=+09:00"]})
+    names = ["café 日本 'q' \"d\".jpg", "plain.jpg"]
+    try:
+        odd = tmp_path / ("lat" + b"\xe9".decode("utf-8", "surrogateescape") + ".jpg")
+        shutil.copy(base, odd)
+    except (OSError, UnicodeEncodeError):  # a file system that only takes UTF-8 names (macOS)
+        odd = None
+    for name in names:
+        shutil.copy(base, tmp_path / name)
+    photos = [tmp_path / n for n in names] + ([odd] if odd else []) + [tmp_path / "gone.jpg"]
+    found = read_evidence(photos, root=tmp_path, progress=False)
+    for path in photos[:-1]:
+        assert found[path.name].utc_offset_min == 540 and found[path.name].notes == [], path.name
+    assert found["gone.jpg"].notes == ["ExifTool cannot read it (File not found)."]
