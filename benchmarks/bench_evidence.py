@@ -27,7 +27,8 @@ from pathlib import Path
 
 from common import format_table, save_results
 
-from src.evidence import COMMON_ARGS, TAGS, read_evidence
+from src.evidence import read_evidence
+from src.evidence_readers import COMMON_ARGS, TAGS
 from src.metadata import CONFIG_FILE
 
 SIDECAR = """<?xpacket begin='\ufeff' id='W5M0MpCehiHzreSzNTczkc9d'?>

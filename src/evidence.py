@@ -20,7 +20,6 @@ warning for the run.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -29,11 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .metadata import CONFIG_FILE, exiftool_available, sidecar_paths
-from .metadata_fields import CREATOR_TOOL, NS
+from .evidence_readers import (ExifToolReader, float_value, raw_from_exiftool, raw_from_pillow, text_value)
+from .metadata import exiftool_available, sidecar_paths
 
 MIN_YEAR = 1990                   # before digital cameras wrote EXIF; 1970/1980 are reset clocks
 FUTURE_SLACK = timedelta(days=1)  # a capture time more than this after now (UTC) is a wrong clock
@@ -88,18 +86,9 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _text(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    text = str(value).strip("\x00 \t\r\n")
-    return text or None
-
-
 def parse_offset_tag(value, notes: list[str], label: str) -> int | None:
     """An EXIF/XMP offset (``"+02:00"``, ``"Z"``) in minutes; ``None`` + a note when unreadable or out of range."""
-    text = _text(value)
+    text = text_value(value)
     if text is None:
         return None
     m = _OFFSET.match(text)
@@ -121,7 +110,7 @@ def parse_datetime_tag(value, notes: list[str], label: str, utc: bool = False) -
 
     ``None`` + a note for an unparseable date, a year before :data:`MIN_YEAR` or a time more than a day in the
     future (``utc``: the value is UTC; else local, which may run up to 14 h ahead of UTC)."""
-    text = _text(value)
+    text = text_value(value)
     if text is None:
         return None, None
     m = _DATE.match(text)
@@ -151,20 +140,13 @@ def parse_datetime_tag(value, notes: list[str], label: str, utc: bool = False) -
 
 
 def _subsec(value, notes: list[str], label: str) -> timedelta:
-    text = _text(value)
+    text = text_value(value)
     if text is None:
         return timedelta(0)
     if not text.isdigit():
         notes.append(f"{label} {text!r} is not a fraction of a second; ignored.")
         return timedelta(0)
     return timedelta(microseconds=round(float("0." + text) * 1e6))
-
-
-def _float(value) -> float | None:
-    try:
-        return float(_text(value))
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def check_gps(lat, lon, notes: list[str], label: str) -> tuple[float, float] | None:
@@ -174,7 +156,7 @@ def check_gps(lat, lon, notes: list[str], label: str) -> tuple[float, float] | N
     if lat is None or lon is None:
         notes.append(f"{label} has a {'latitude' if lon is None else 'longitude'} only; ignored.")
         return None
-    lat, lon = _float(lat), _float(lon)
+    lat, lon = float_value(lat), float_value(lon)
     if not (math.isfinite(lat) and math.isfinite(lon)):
         notes.append(f"{label} is not a number; ignored.")
         return None
@@ -185,15 +167,6 @@ def check_gps(lat, lon, notes: list[str], label: str) -> tuple[float, float] | N
         notes.append(f"{label} is exactly 0,0 (what a camera without a fix writes); ignored.")
         return None
     return round(lat, 7), round(lon, 7)
-
-
-def _signed(value, ref) -> float | str | None:
-    """EXIF stores unsigned degrees and a reference letter; S and W are negative."""
-    if value is None:
-        return None
-    number = _float(value)
-    ref = (_text(ref) or "").upper()
-    return -abs(number) if ref.startswith(("S", "W")) else number
 
 
 @dataclass
@@ -207,7 +180,7 @@ class _Part:
 
 
 def _device(make, model, serial) -> str | None:
-    make, model, serial = _text(make), _text(model), _text(serial)
+    make, model, serial = text_value(make), text_value(model), text_value(serial)
     if not make and not model:
         return None
     # "Canon" + "Canon EOS 80D" is "Canon EOS 80D", not "Canon Canon EOS 80D"
@@ -232,7 +205,7 @@ def _interpret(raw: dict, notes: list[str], where: str) -> _Part:
         stamp, stamp_offset = parse_datetime_tag(raw["gps_datetime"], notes, f"GPSDateTime{where}", utc=True)
         part.gps_time = stamp - timedelta(minutes=stamp_offset or 0) if stamp else None
     elif raw.get("gps_date") is not None and raw.get("gps_clock") is not None:
-        text = f"{_text(raw['gps_date'])} {_text(raw['gps_clock'])}"
+        text = f"{text_value(raw['gps_date'])} {text_value(raw['gps_clock'])}"
         part.gps_time, _ = parse_datetime_tag(text, notes, f"GPS date and time{where}", utc=True)
     part.device = _device(raw.get("make"), raw.get("model"), raw.get("serial"))
     return part
@@ -274,138 +247,8 @@ def _combine(path: str, parts: list[tuple[str, _Part]], notes: list[str]) -> Pho
 
 
 # --------------------------------------------------------------------------------------------------------------
-# ExifTool: one -stay_open process for the whole library
+# Reading a library: ExifTool (file + sidecars, one process) or Pillow (the file only)
 # --------------------------------------------------------------------------------------------------------------
-
-# Plain tag names, not "-GROUP:Tag": ExifTool matches a grouped request against every tag it extracts, which
-# made a request 4x slower; -a keeps each group's value and -G1 names the group in the answer.
-TAGS = ("-FileType", "-MIMEType", "-Error", "-Warning", "-DateTimeOriginal", "-SubSecTimeOriginal",
-        "-OffsetTimeOriginal", "-OffsetTime", "-GPSLatitude", "-GPSLatitudeRef", "-GPSLongitude", "-GPSLongitudeRef",
-        "-GPSDateStamp", "-GPSTimeStamp", "-GPSDateTime", "-Make", "-Model", "-SerialNumber", "-BodySerialNumber",
-        "-InternalSerialNumber", "-CreatorTool", "-Fields")
-# -e: no composite tags (unused; a third of the time); -fast: no scan for trailers after the image
-COMMON_ARGS = ("-j", "-n", "-G1", "-a", "-e", "-fast", "-charset", "filename=utf8")
-_SERIALS = ("SerialNumber", "BodySerialNumber", "InternalSerialNumber")
-
-
-def _ours(record: dict) -> set[str]:
-    """The XMP fields of ``record`` that we wrote and nobody changed since (as :func:`src.metadata.plan_changes`
-    decides): ``{"XMP-exif:GPSLatitude", ...}``."""
-    fields = record.get(f"{NS}:Fields")
-    if fields is None and record.get("XMP-xmp:CreatorTool") == CREATOR_TOOL:
-        return {"XMP-exif:GPSLatitude", "XMP-exif:GPSLongitude"}  # a sidecar of ours from before the namespace
-    ours = set()
-    for item in fields if isinstance(fields, list) else [fields] if fields else []:
-        tag, _, value = str(item).partition("=")
-        current, recorded = _float(record.get(tag)), _float(value)
-        if math.isfinite(current) and math.isfinite(recorded) and abs(current - recorded) < 1e-6:
-            ours.add(tag)
-    return ours
-
-
-def _raw_exiftool(record: dict) -> tuple[dict, dict]:
-    """One ExifTool JSON record (``-G1``) -> raw values of its EXIF and of its XMP."""
-    def get(*keys):
-        return next((record[k] for k in keys if record.get(k) not in (None, "")), None)
-
-    serial_keys = [k for k in record if k.split(":")[-1] in _SERIALS and not k.startswith("XMP")]
-    exif = {"time": get("ExifIFD:DateTimeOriginal", "IFD0:DateTimeOriginal"),
-            "subsec": get("ExifIFD:SubSecTimeOriginal"), "offset": get("ExifIFD:OffsetTimeOriginal"),
-            "offset_any": get("ExifIFD:OffsetTime"),
-            "lat": _signed(get("GPS:GPSLatitude"), get("GPS:GPSLatitudeRef")),
-            "lon": _signed(get("GPS:GPSLongitude"), get("GPS:GPSLongitudeRef")),
-            "gps_date": get("GPS:GPSDateStamp"), "gps_clock": get("GPS:GPSTimeStamp"),
-            "make": get("IFD0:Make"), "model": get("IFD0:Model"), "serial": get(*serial_keys)}
-    ours = _ours(record)
-    xmp = {"time": get("XMP-exif:DateTimeOriginal"), "lat": get("XMP-exif:GPSLatitude"),
-           "lon": get("XMP-exif:GPSLongitude"), "gps_datetime": get("XMP-exif:GPSDateTime"),
-           "ours_gps": bool(ours & {"XMP-exif:GPSLatitude", "XMP-exif:GPSLongitude"}),
-           "make": get("XMP-tiff:Make"), "model": get("XMP-tiff:Model"),
-           "serial": get("XMP-aux:SerialNumber", "XMP-exifEX:BodySerialNumber")}
-    return exif, xmp
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as surrogates
-        return False
-    return True
-
-
-def _exiftool_arg(path: str) -> bytes:
-    # a name starting with "-" would be read as an option
-    return os.fsencode(os.path.join(".", path) if path.startswith("-") else path)
-
-
-class _ExifToolReader:
-    """One ``exiftool -stay_open`` process; :meth:`read` returns ``{path: record or error line}``."""
-
-    def __init__(self):
-        import exiftool  # noqa: PLC0415 - optional at run time: without ExifTool, Pillow reads the EXIF
-
-        self._module = exiftool
-        self._process = None
-
-    def __enter__(self):
-        self._start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop()
-
-    def _start(self) -> None:
-        self._process = self._module.ExifTool(common_args=list(COMMON_ARGS), config_file=str(CONFIG_FILE),
-                                              encoding="utf-8")
-        self._process.run()
-
-    def _stop(self) -> None:
-        if self._process is not None:
-            try:
-                self._process.terminate()
-            except Exception:  # already gone: nothing to stop
-                pass
-            self._process = None
-
-    def _execute(self, files: list[str]) -> dict[str, dict | str]:
-        raw = self._process.execute(*TAGS, *[_exiftool_arg(f) for f in files], raw_bytes=True)
-        text = raw.decode("utf-8", "surrogateescape")
-        records = json.loads(text, parse_float=str, parse_int=str) if text.strip() else []
-        stderr = self._process.last_stderr or b""
-        errors = (stderr.decode("utf-8", "surrogateescape") if isinstance(stderr, bytes) else stderr).splitlines()
-        found: dict[str, dict | str] = {}
-        if len(files) == 1 and len(records) == 1:
-            found[files[0]] = records[0]  # its name may not be UTF-8: ExifTool's SourceFile then has "?" in it
-        for rec in records:
-            source = rec.get("SourceFile", "")
-            found.setdefault(source[2:] if source.startswith("./-") else source, rec)
-        for f in files:
-            if f not in found:
-                said = [e.split(" - ")[0].removeprefix("Error: ") for e in errors if e.endswith(" - " + f)]
-                found[f] = said[0] if said else "no answer"
-        return found
-
-    def read(self, files: list[str]) -> dict[str, dict | str]:
-        odd = [f for f in files if not _utf8(f)]
-        if odd and len(files) > 1:  # one request each, so that the answer needs no name to be matched by
-            out = self.read([f for f in files if _utf8(f)]) if len(odd) < len(files) else {}
-            for f in odd:
-                out.update(self.read([f]))
-            return out
-        try:
-            return self._execute(files)
-        except Exception as exc:  # the process died or answered garbage: restart, then one file at a time
-            if len(files) == 1:
-                self._stop()
-                self._start()
-                return {files[0]: f"exiftool failed ({type(exc).__name__})"}
-            self._stop()
-            self._start()
-            out: dict[str, dict | str] = {}
-            for f in files:
-                out.update(self.read([f]))
-            return out
-
 
 def _key(path: Path, root: Path | None) -> str:
     if root is None:
@@ -418,7 +261,7 @@ def _key(path: Path, root: Path | None) -> str:
 
 def _read_with_exiftool(photos: list[Path], keys: list[str], bar) -> dict[str, PhotoEvidence]:
     out: dict[str, PhotoEvidence] = {}
-    with _ExifToolReader() as reader:
+    with ExifToolReader() as reader:
         for start in range(0, len(photos), BATCH):
             chunk = photos[start:start + BATCH]
             cars = {p: sidecar_paths(p) for p in chunk}
@@ -436,7 +279,7 @@ def _read_with_exiftool(photos: list[Path], keys: list[str], bar) -> dict[str, P
                     kind = record.get("File:FileType") or "nothing it knows"
                     notes.append(f"ExifTool reads it as {kind}, not a photo.")
                 else:
-                    exif, xmp = _raw_exiftool(record)
+                    exif, xmp = raw_from_exiftool(record)
                     parts += [("file", _interpret(exif, notes, "")),
                               ("file", _interpret(xmp, notes, " (XMP in the file)"))]
                     found_nothing = all(v in (None, False) for v in (*exif.values(), *xmp.values()))
@@ -447,47 +290,10 @@ def _read_with_exiftool(photos: list[Path], keys: list[str], bar) -> dict[str, P
                     if isinstance(rec, str) or rec.get("ExifTool:Error"):
                         notes.append(f"Sidecar {car.name} cannot be read; ignored.")
                         continue
-                    parts.append(("sidecar", _interpret(_raw_exiftool(rec)[1], notes, f" in {car.name}")))
+                    parts.append(("sidecar", _interpret(raw_from_exiftool(rec)[1], notes, f" in {car.name}")))
                 out[key] = _combine(key, parts, notes)
             bar.update(len(chunk))
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Pillow: the fallback without ExifTool (the file's EXIF only)
-# --------------------------------------------------------------------------------------------------------------
-
-EXIF_IFD, GPS_IFD = 0x8769, 0x8825
-
-
-def _dms(value):
-    try:
-        parts = [float(v) for v in value]
-    except (TypeError, ValueError, ZeroDivisionError):
-        return math.nan
-    if not parts or len(parts) > 3:
-        return math.nan
-    parts += [0.0] * (3 - len(parts))
-    return parts[0] + parts[1] / 60.0 + parts[2] / 3600.0
-
-
-def _raw_pillow(path: Path) -> dict:
-    """The file's EXIF as the raw values :func:`_interpret` takes; raises for a file Pillow cannot open."""
-    with Image.open(path) as img:
-        exif = img.getexif()
-        sub, gps = exif.get_ifd(EXIF_IFD), exif.get_ifd(GPS_IFD)
-    raw = {"time": sub.get(36867) or exif.get(36867), "subsec": sub.get(37521), "offset": sub.get(36881),
-           "offset_any": sub.get(36880), "make": exif.get(271), "model": exif.get(272), "serial": sub.get(42033)}
-    if 2 in gps or 4 in gps:
-        raw["lat"] = _signed(_dms(gps[2]), gps.get(1)) if 2 in gps else None
-        raw["lon"] = _signed(_dms(gps[4]), gps.get(3)) if 4 in gps else None
-    if 29 in gps and 7 in gps:
-        h, m, s = (_float(v) for v in gps[7]) if len(gps[7]) == 3 else (math.nan,) * 3
-        if all(math.isfinite(v) for v in (h, m, s)):
-            raw["gps_date"], raw["gps_clock"] = gps[29], f"{int(h):02d}:{int(m):02d}:{s:06.3f}"
-        else:
-            raw["gps_date"], raw["gps_clock"] = gps[29], "garbage"
-    return raw
 
 
 def _read_with_pillow(photos: list[Path], keys: list[str], bar) -> dict[str, PhotoEvidence]:
@@ -495,7 +301,7 @@ def _read_with_pillow(photos: list[Path], keys: list[str], bar) -> dict[str, Pho
     for photo, key in zip(photos, keys):
         notes: list[str] = []
         try:
-            parts = [("file", _interpret(_raw_pillow(photo), notes, ""))]
+            parts = [("file", _interpret(raw_from_pillow(photo), notes, ""))]
         except Exception as exc:  # not an image, truncated, unreadable: a note, never a stopped batch
             notes.append(f"Pillow cannot read it ({type(exc).__name__}).")
             parts = []

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from src import evidence
+from src import evidence, evidence_readers
 from src.evidence import PhotoEvidence, read_evidence
 from src.metadata import update_metadata
 
@@ -99,7 +99,7 @@ def test_absurd_values_are_missing_with_a_note(tmp_path, use_exiftool):
 
 def test_gps_nan_is_missing_with_a_note(tmp_path):
     img, exif = Image.new("RGB", (8, 8)), Image.Exif()
-    gps = exif.get_ifd(evidence.GPS_IFD)
+    gps = exif.get_ifd(evidence_readers.GPS_IFD)
     gps.update({1: "N", 2: (IFDRational(0, 0), IFDRational(0, 1), IFDRational(0, 1)), 3: "E",
                 4: (IFDRational(7, 1), IFDRational(0, 1), IFDRational(0, 1))})
     img.save(tmp_path / "nan.jpg", exif=exif)
@@ -202,7 +202,7 @@ def test_scans_and_unreadable_files_never_stop_the_batch(tmp_path, use_exiftool)
     dash = jpeg(tmp_path / "-dash.jpg")  # would be an option to exiftool if passed as it is
     img, exif = Image.new("RGB", (8, 8)), Image.Exif()
     exif[271], exif[272] = "Apple", "iPhone 12"
-    exif.get_ifd(evidence.EXIF_IFD)[36867] = "2024:02:03 04:05:06"
+    exif.get_ifd(evidence_readers.EXIF_IFD)[36867] = "2024:02:03 04:05:06"
     img.save(tmp_path / "good.png", exif=exif)
 
     found = read_evidence([scan, empty, text, truncated, missing, dash, tmp_path / "good.png"], root=tmp_path,
@@ -229,8 +229,8 @@ def test_one_exiftool_process_for_many_photos(tmp_path, monkeypatch):
         photos.append(tmp_path / f"p{i:04d}.jpg")
         photos[-1].hardlink_to(base)
     starts = []
-    original = evidence._ExifToolReader._start
-    monkeypatch.setattr(evidence._ExifToolReader, "_start", lambda self: (starts.append(1), original(self)))
+    original = evidence_readers.ExifToolReader._start
+    monkeypatch.setattr(evidence_readers.ExifToolReader, "_start", lambda self: (starts.append(1), original(self)))
     found = read_evidence(photos, root=tmp_path, progress=False)
     assert len(starts) == 1
     assert len(found) == len(photos) and all(ev.utc_offset_min == -420 for ev in found.values())
@@ -238,7 +238,7 @@ def test_one_exiftool_process_for_many_photos(tmp_path, monkeypatch):
 
 def test_without_exiftool_pillow_reads_with_one_warning(tmp_path, monkeypatch, capsys):
     img, exif = Image.new("RGB", (8, 8)), Image.Exif()
-    exif.get_ifd(evidence.EXIF_IFD).update({36867: "2024:02:03 04:05:06", 36881: "-03:00"})
+    exif.get_ifd(evidence_readers.EXIF_IFD).update({36867: "2024:02:03 04:05:06", 36881: "-03:00"})
     for i in range(3):
         img.save(tmp_path / f"{i}.jpg", exif=exif)
     monkeypatch.setenv("PATH", str(tmp_path / "no-such-bin"))  # a machine without exiftool
