@@ -182,6 +182,12 @@ def test_a_position_we_wrote_is_not_evidence(tmp_path):
     update_metadata(other, row_ok, {"tool": "landmark-tagger"}, sidecar=True)
     assert read_evidence([other], progress=False)[str(other)].gps is None
 
+    # a sidecar this tool wrote before it recorded its fields (CreatorTool ours, no namespace): ours whole
+    old = jpeg(tmp_path / "IMG_0004.jpg")
+    subprocess.run(["exiftool", "-q", "-o", str(tmp_path / "IMG_0004.jpg.xmp"), "-XMP-xmp:CreatorTool=landmark-tagger",
+                    "-XMP-exif:GPSLatitude=40.7", "-XMP-exif:GPSLongitude=-74"], check=True, timeout=60)
+    assert read_evidence([old], progress=False)[str(old)].gps is None
+
     # the user moved the pin in digiKam: that position is evidence now
     subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-exif:GPSLatitude=46.6",
                     "-XMP-exif:GPSLongitude=8.01", str(sidecar)], check=True, timeout=60)
