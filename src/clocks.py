@@ -40,6 +40,7 @@ AGREE_SLACK_M = 1_000.0
 DISAGREE_SLACK_M = 25_000.0
 HOME_CELL_DEG = 0.5
 REFINED_CLOCK_UNC_S = 120.0  # an offset refined on 3+ matched photos; else half the match window
+AMBIGUOUS_M = 10_000.0        # offsets that cannot be told apart may differ only where they put photos this close
 SIMILAR_FAR_M = 100_000.0     # baseline pairs: the session's photos against the GPS device's photos from elsewhere
 SIMILAR_SAMPLE = 16
 
@@ -60,8 +61,12 @@ class Session:
     interleave_ok: bool = False
     landmark_ok: bool = False
     similar_ok: bool = False
+    similar_gain: float | None = None        # None: the pixels could not judge (no similarity, too few pairs)
+    strong_ok: bool = False                  # a clear offset/peak with most of its photos shot with the GPS device
     mapped: bool = False
     offset_support: float = 0.0              # photos matched at an estimated offset
+    offset_kind: str = ""                    # clear | same place | trip | history
+    spread_m: np.ndarray | None = None       # per photo: how far other plausible offsets put it (added to accuracy)
     detail: str = ""                         # appended to each placed photo's evidence
     note: str = ""                           # why its photos have no place
     scores: dict = field(default_factory=dict)   # gps device -> score per GRID_MIN (unknown clocks)
@@ -164,25 +169,102 @@ def _candidates(session: Session, anchors: dict[str, Anchors], opts) -> tuple[li
     return [a for _, a in sorted(anchors.items())], False
 
 
+def _spread(times: np.ndarray, g: Anchors, best_s: float, others_s: np.ndarray, max_gap_s: float) -> np.ndarray:
+    """Per photo: how far its place at offset ``best_s`` is from its places at ``others_s`` (0 where one of them
+    has no GPS photo within ``max_gap_s``: no place is not a wrong place)."""
+    idx_b, gap_b = g.nearest(times - best_s)
+    if not len(others_s):
+        return np.zeros(len(times))
+    idx_o, gap_o = g.nearest(times[None, :] - others_s[:, None])
+    d = haversine_m(g.lat[idx_b][None, :], g.lon[idx_b][None, :], g.lat[idx_o], g.lon[idx_o])
+    return np.where((gap_b[None, :] <= max_gap_s) & (gap_o <= max_gap_s), d, 0.0).max(0)
+
+
+def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
+            opts) -> tuple[int, str, np.ndarray | None]:
+    """The best grid offset, how it was accepted ("clear", "same place" or "" = not) and the photos' spread.
+
+    "clear": the clear winner rule on the score, or on ``plain`` (matched photos less disagreeing landmarks: a
+    landmark that agrees at many offsets, the phone staying at it for hours, does not blur a sharp peak).
+    "same place": no clear winner, but every offset scoring within the margin of the best puts each photo within
+    ``AMBIGUOUS_M`` of where the best puts it (the phone stayed around one place for those hours): the offset is
+    unsure, the place is not; the spread is added to each photo's accuracy."""
+    top = float(score.max())
+    ties = np.flatnonzero(score == top)
+    best = int(ties[np.argmin(np.abs(GRID_MIN[ties]))])
+    if _clear(GRID_MIN, score, best, opts)[0] or _clear(GRID_MIN, plain, best, opts)[0]:
+        return best, "clear", np.zeros(len(times))
+    if top < opts.min_support:
+        return best, "", None
+    rivals = np.flatnonzero(score >= top - max(opts.min_margin, 0.25 * top))
+    rivals = rivals[rivals != best]
+    spread = _spread(times, g, GRID_MIN[best] * 60.0, GRID_MIN[rivals] * 60.0, opts.max_gap_s)
+    return (best, "same place", spread) if float(spread.max()) <= AMBIGUOUS_M else (best, "", None)
+
+
 def _estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
-    """Pass 1: the clear winner over the grid, per GPS device; the best clear one wins."""
+    """Pass 1: per GPS device, the best offset if accepted (:func:`_accept`); the best-scoring accepted one wins."""
     offsets_s = GRID_MIN * 60.0
     best_pick = None
     for g in cands:
-        score, matched, _, _ = _scores(s.times, lm, g, offsets_s, opts)
-        s.scores[g.device] = (score, matched)
-        top = float(score.max())
-        ties = np.flatnonzero(score == top)
-        best = int(ties[np.argmin(np.abs(GRID_MIN[ties]))])
-        clear, rival = _clear(GRID_MIN, score, best, opts)
-        if clear and (best_pick is None or top > best_pick[0]):
-            best_pick = (top, g, best, matched[best])
+        score, matched, _, disagree = _scores(s.times, lm, g, offsets_s, opts)
+        plain = matched - LANDMARK_WEIGHT * disagree
+        s.scores[g.device] = (score, matched, plain)
+        best, how, spread = _accept(score, plain, s.times, g, opts)
+        if how and (best_pick is None or score[best] > best_pick[0]):
+            best_pick = (float(score[best]), g, best, matched[best], how, spread)
     if best_pick is not None:
-        _, g, best, n_matched = best_pick
+        _, g, best, n_matched, how, spread = best_pick
         _set_offset(s, g, int(GRID_MIN[best]), opts)
-        s.offset_support = float(n_matched)
+        s.offset_support, s.offset_kind, s.spread_m = float(n_matched), how, spread
         s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} estimated from {n_matched:.0f} of "
-                    f"{len(s.paths)} photos within {format_gap(opts.match_window_s)} of {g.device}'s")
+                    f"{len(s.paths)} photos within {format_gap(opts.match_window_s)} of {g.device}'s"
+                    + ("" if how == "clear" else " (other offsets put them at the same place)"))
+
+
+def _pool_trips(sessions: list[Session], cands_by_session, opts) -> None:
+    """Pass 1b: a device's sessions without an accepted offset, pooled with its sessions within ``adjacent_gap_s``
+    (one trip, one clock setting): the pooled scores decide, for each session whose own scores do not prefer
+    another offset."""
+    by_device: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(sessions):
+        if not s.known and s.scores:
+            by_device[s.device].append(i)
+    for indices in by_device.values():
+        indices.sort(key=lambda i: float(sessions[i].times[0]))
+        groups, current = [], [indices[0]]
+        for i in indices[1:]:
+            if float(sessions[i].times[0]) - float(sessions[current[-1]].times[-1]) <= opts.adjacent_gap_s:
+                current.append(i)
+            else:
+                groups.append(current)
+                current = [i]
+        groups.append(current)
+        for group in groups:
+            members = [sessions[i] for i in group]
+            if len(members) < 2 or all(m.offset_s is not None for m in members):
+                continue
+            for g in cands_by_session[group[0]]:
+                pooled = sum(m.scores[g.device][0] for m in members)
+                pooled_plain = sum(m.scores[g.device][2] for m in members)
+                times = np.concatenate([m.times for m in members])
+                best, how, spread = _accept(pooled, pooled_plain, times, g, opts)
+                if not how:
+                    continue
+                start = 0
+                for m in members:
+                    own, matched, _ = m.scores[g.device]
+                    part = spread[start:start + len(m.times)]
+                    start += len(m.times)
+                    if m.offset_s is None and own[best] >= own.max() - max(opts.min_margin, 0.25 * own.max()):
+                        _set_offset(m, g, int(GRID_MIN[best]), opts)
+                        m.offset_support, m.spread_m = float(matched[best]), part
+                        m.offset_kind = "trip" if how == "clear" else "trip, same place"
+                        n_matched = sum(float(x.scores[g.device][1][best]) for x in members)
+                        m.detail = (f"{m.device} clock {_fmt_offset(m.grid_min)} estimated over its {len(members)} "
+                                    f"sessions of this trip ({n_matched:.0f} of {len(times)} photos within "
+                                    f"{format_gap(opts.match_window_s)} of {g.device}'s)")
+                break
 
 
 def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
@@ -204,7 +286,7 @@ def _history(sessions: list[Session], cands_by_session, opts) -> None:
     as well as the best one (a camera keeps its clock until someone sets it; ties go to its history)."""
     clear_by_device: dict[str, list[Session]] = defaultdict(list)
     for s in sessions:
-        if not s.known and s.grid_min is not None:
+        if not s.known and s.offset_kind == "clear":
             clear_by_device[s.device].append(s)
     for i, s in enumerate(sessions):
         if s.known or s.grid_min is not None or not clear_by_device.get(s.device):
@@ -215,25 +297,25 @@ def _history(sessions: list[Session], cands_by_session, opts) -> None:
         mid_instant = np.array([mid - ref.grid_min * 60.0])
         for g in sorted(cands_by_session[i], key=lambda a: (a.device != ref.gps_device, -s.scores[a.device][1][k],
                                                             float(a.nearest(mid_instant)[1][0]))):
-            score, matched = s.scores[g.device]
+            score, matched, _ = s.scores[g.device]
             if score[k] >= float(score.max()):
                 _set_offset(s, g, ref.grid_min, opts)
-                s.offset_support = float(matched[k])
+                s.offset_support, s.offset_kind = float(matched[k]), "history"
                 s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} as in its session of "
                             f"{os.path.basename(ref.paths[0])} ({matched[k]:.0f} of {len(s.paths)} photos within "
                             f"{format_gap(opts.match_window_s)} of {g.device}'s)")
                 break
 
 
-def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | None, opts) -> bool:
+def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | None, opts) -> float | None:
     """The pixels: the session's photos look more like the GPS photos shot with them than like the same device's
     GPS photos from elsewhere (over ``SIMILAR_FAR_M`` away): scenes of this place, not of the place it stayed."""
     if similarity is None:
-        return False
+        return None
     idx, gap = g.nearest(s.times - s.offset_s)
     ok = np.flatnonzero(gap <= opts.match_window_s)
     if len(ok) < 2:
-        return False
+        return None
     centre = np.median(g.lat[idx[ok]]), np.median(g.lon[idx[ok]])
     far = np.flatnonzero(haversine_m(centre[0], centre[1], g.lat, g.lon) > SIMILAR_FAR_M)
     far = far[np.linspace(0, len(far) - 1, min(len(far), SIMILAR_SAMPLE)).astype(int)] if len(far) else far
@@ -245,8 +327,8 @@ def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | N
             if value is not None:
                 bucket.append(value)
     if len(matched) < 2 or not baseline:
-        return False
-    return float(np.mean(matched)) - float(np.mean(baseline)) >= opts.similar_margin
+        return None
+    return float(np.mean(matched)) - float(np.mean(baseline))
 
 
 def _evidence_at_offset(s: Session, lm, g: Anchors, home: Home, similarity, opts) -> None:
@@ -260,11 +342,16 @@ def _evidence_at_offset(s: Session, lm, g: Anchors, home: Home, similarity, opts
             s.detail = (f"with {g.device}: {matched[zero]:.0f} of {len(s.paths)} photos within "
                         f"{format_gap(opts.match_window_s)} of its photos")
     else:
-        s.interleave_ok = s.offset_support >= 1  # a clear winner, or its history with some photos matched
+        # a clear winner (alone or over its trip), or its history, with some photos matched; "same place" offsets
+        # are unsure, so their matches say nothing about being together
+        s.interleave_ok = s.offset_support >= 1 and s.offset_kind in ("clear", "trip", "history")
     agree, disagree = _landmark_counts(s.times, lm, g, np.array([s.offset_s]), opts.max_gap_s,
                                        opts.max_speed_kmh / 3.6)
     s.landmark_ok = agree[0] >= 1 and disagree[0] == 0
-    s.similar_ok = _similar(s, g, similarity, opts)
+    s.similar_gain = _similar(s, g, similarity, opts)
+    s.similar_ok = s.similar_gain is not None and s.similar_gain >= opts.similar_margin
+    firm = s.known or s.offset_kind in ("clear", "trip")
+    s.strong_ok = bool(s.interleave_ok and firm and s.offset_support >= max(opts.min_support, 0.5 * len(s.paths)))
     idx, gap = g.nearest(s.times - s.offset_s)
     near = idx[gap <= opts.max_gap_s]
     s.away = any(not home.contains(g.lat[i], g.lon[i]) for i in set(near.tolist()))
@@ -287,6 +374,7 @@ def decide_sessions(sessions: list[Session], anchors: dict[str, Anchors], landma
             s.offset_s = 0.0
         else:
             _estimate_offset(s, lm, cands, opts)
+    _pool_trips(sessions, cands_by_session, opts)
     _history(sessions, cands_by_session, opts)
     for i, s in enumerate(sessions):
         if s.offset_s is None:
@@ -316,10 +404,14 @@ def _decide_together(sessions: list[Session], opts) -> None:
         elif not s.away:
             s.together = s.interleave_ok or s.landmark_ok or s.similar_ok
         else:
-            s.corroborated = s.landmark_ok or (s.interleave_ok and s.similar_ok)
+            # interleaving alone abroad: only when most of its photos were shot with the GPS device's and the
+            # pixels, when they can judge, do not say its scenes look more like elsewhere
+            against = _pixels_against(s, opts)
+            s.corroborated = s.landmark_ok or (s.interleave_ok and s.similar_ok) or (s.strong_ok and not against)
             s.together = s.corroborated
     for s in sessions:  # at home, a device seen with the GPS device at home before: its history is evidence
-        if s.offset_s is not None and not s.together and not s.away and s.offset_support >= 1:
+        if s.offset_s is not None and not s.together and not s.away and s.offset_support >= 1 \
+                and "same place" not in s.offset_kind:
             others = [o for o in by_device[s.device] if o is not s and o.together and not o.away
                       and o.gps_device == s.gps_device]
             if others:
@@ -330,10 +422,10 @@ def _decide_together(sessions: list[Session], opts) -> None:
         for device_sessions in by_device.values():
             device_sessions.sort(key=lambda x: float(x.times[0]))
             for j, s in enumerate(device_sessions):
-                if s.together or not (s.away and s.interleave_ok):
+                if s.together or not s.away or _pixels_against(s, opts):
                     continue
-                for k in (j - 1, j + 1):
-                    if 0 <= k < len(device_sessions) and _adjacent(s, device_sessions[k], opts):
+                for k in range(len(device_sessions)):
+                    if k != j and _adjacent(s, device_sessions[k], opts):
                         s.together = s.corroborated = changed = True
                         s.detail += f"; same trip as its session of {os.path.basename(device_sessions[k].paths[0])}"
                         break
@@ -346,6 +438,12 @@ def _decide_together(sessions: list[Session], opts) -> None:
                           "shooting at the same times alone is not enough (no landmark agreement, no similar scenes)")
             else:
                 s.note = f"{s.device} not shown to be with {s.gps_device} (no clear overlap of shooting)"
+
+
+def _pixels_against(s: Session, opts) -> bool:
+    """The pixels judged and found the photos shot together no more alike than photos from elsewhere (under half
+    the margin): scenes that do not overlap."""
+    return s.similar_gain is not None and s.similar_gain < opts.similar_margin / 2
 
 
 def _adjacent(s: Session, other: Session, opts) -> bool:

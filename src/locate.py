@@ -14,14 +14,14 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Mapping
 
 import numpy as np
 
 from .clocks import Session, build_sessions, decide_sessions
 from .evidence import PhotoEvidence
-from .neighbours import Anchors, Estimate, clock_seconds, distance_m, format_km
+from .neighbours import WALKING_MPS, Anchors, Estimate, clock_seconds, distance_m, format_km
 
 
 @dataclass
@@ -46,7 +46,7 @@ class LocateOptions:
     use_tracks: bool = True
     use_landmarks: bool = True
     together: dict[str, str] = field(default_factory=dict)   # device -> GPS device ("Canon EOS 80D": "iPhone 12")
-    track_offset: timedelta | None = None    # camera clock - UTC for photos without a UTC offset, on tracks
+    track_offset: timedelta | None = None    # GPS time - camera clock, for photos without a UTC offset on tracks
     agree_threshold: float | None = None     # the pixels' bar when the place agrees (None: the model's threshold)
     max_accuracy_m: float = 25_000.0         # a time estimate less sure than this is no place
     session_gap_s: float = 12 * 3600.0       # a pause this long starts a new session of a device
@@ -228,18 +228,27 @@ def locate_library(evidence: Mapping[str, PhotoEvidence], candidates: Mapping[st
     sessions = build_sessions(pending, opts.session_gap_s)
     decide_sessions(sessions, anchors, landmarks, sim, opts)
     for s in sessions:
-        _place_session(s, anchors, candidates, opts, result)
+        _place_session(s, anchors, candidates, tracks if opts.use_tracks else None, opts, result)
     for path, note in notes.items():
         result[path] = _from_pixels(candidates.get(path), opts, note, [])
     return result
 
 
-def _place_session(s: Session, anchors: dict[str, Anchors], candidates, opts: LocateOptions,
+def _place_session(s: Session, anchors: dict[str, Anchors], candidates, tracks, opts: LocateOptions,
                    result: dict[str, Placement]) -> None:
     clock = [] if s.known else [s.device, s.grid_min, round(s.offset_s or 0.0, 1)]
     used = [clock, s.gps_device, bool(s.together)]
     for j, path in enumerate(s.paths):
         cand = candidates.get(path)
+        if tracks is not None and not s.known and s.offset_s is not None:  # a camera clock, its offset estimated
+            instant = datetime.fromtimestamp(float(s.times[j]) - s.offset_s, tz=timezone.utc)
+            hit = tracks.position_at(instant, offset=timedelta(0))
+            if hit is not None:
+                lat, lon, acc, text = hit
+                acc += WALKING_MPS * s.clock_unc_s + (float(s.spread_m[j]) if s.spread_m is not None else 0.0)
+                result[path] = _trusted(path, lat, lon, acc, "track", f"{text}; {s.detail}", cand, opts,
+                                        used + [text])
+                continue
         if not s.together:
             result[path] = _from_pixels(cand, opts, s.note, used)
             continue
@@ -248,4 +257,6 @@ def _place_session(s: Session, anchors: dict[str, Anchors], candidates, opts: Lo
         if est is None:
             result[path] = _from_pixels(cand, opts, f"no photo with GPS within {opts.max_gap_s / 3600:g} h", used)
         else:
+            if s.spread_m is not None and s.spread_m[j] > 0:
+                est.accuracy_m += float(s.spread_m[j])
             result[path] = _from_time(est, s.detail, cand, opts, used)

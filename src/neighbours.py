@@ -22,6 +22,7 @@ EARTH_RADIUS_M = 6_371_000.0
 GPS_ERROR_M = 20.0            # a phone's GPS fix outdoors, typical horizontal error
 WALKING_MPS = 5.0 / 3.6       # the envelope when the neighbours show no faster movement
 MIN_LEG_S = 60.0              # speeds between neighbours are measured over at least a minute
+FLIGHT_NEAR_S = 15 * 60.0     # between two neighbours too far apart for ground travel, only this close counts
 
 
 def clock_seconds(when: datetime) -> float:
@@ -159,6 +160,8 @@ class Anchors:
                 return Estimate(lat, lon, acc, text, min(d_b, d_a), (self._row(before), self._row(after)))
         # the nearest alone: the other side is missing, too far in time, or implies an implausible speed
         i, gap = (before, d_b) if d_b <= d_a else (after, d_a)
+        if d_b <= max_gap_s and d_a <= max_gap_s and gap > FLIGHT_NEAR_S:
+            return None  # a flight in between, at a time we do not know: on either side of it
         v = self._envelope(i, i + 1, max_gap_s, max_speed_mps)
         acc = GPS_ERROR_M + v * (gap + clock_unc_s)
         text = f"{self._name(i)}, {format_gap(gap)} {'earlier' if i == before else 'later'}"
