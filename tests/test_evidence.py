@@ -118,7 +118,10 @@ def test_offset_derived_from_gps_time(tmp_path, use_exiftool):
         # across midnight UTC, negative offset, a few minutes of clock difference
         "night": ["-DateTimeOriginal=2024:07:10 20:10:00", "-GPSDateStamp=2024:07:11", "-GPSTimeStamp=00:14:00"],
         # a GPS week-number rollover (1024 weeks back): no offset can be derived from that
-        "rollover": ["-DateTimeOriginal=2024:07:10 12:00:00", "-GPSDateStamp=2004:11:25", "-GPSTimeStamp=10:00:00"]})
+        "rollover": ["-DateTimeOriginal=2024:07:10 12:00:00", "-GPSDateStamp=2004:11:25", "-GPSTimeStamp=10:00:00"],
+        # an offset tag that disagrees with the GPS time by 2 h: kept, with a note
+        "disagree": ["-DateTimeOriginal=2024:07:10 12:00:00", "-OffsetTimeOriginal=+02:00",
+                     "-GPSDateStamp=2024:07:10", "-GPSTimeStamp=08:00:00"]})
     found = read_evidence(list(paths.values()), root=tmp_path, progress=False, exiftool=use_exiftool)
     phone, night = found["phone.jpg"], found["night.jpg"]
     assert phone.utc_offset_min == 120 and phone.offset_derived
@@ -130,6 +133,10 @@ def test_offset_derived_from_gps_time(tmp_path, use_exiftool):
     rollover = found["rollover.jpg"]
     assert rollover.utc_offset_min is None and not rollover.offset_derived and rollover.instant is None
     assert len(rollover.notes) == 1 and "none derived" in rollover.notes[0]
+    disagree = found["disagree.jpg"]
+    assert disagree.utc_offset_min == 120 and not disagree.offset_derived
+    assert disagree.notes == ["Local time minus its offset is 120 min from the GPS time (a wrong clock or an old GPS "
+                              "fix)."]
 
 
 @needs_exiftool
