@@ -43,6 +43,6 @@ if [ ! -f "$project_stamp" ] || [ pyproject.toml -nt "$project_stamp" ] || [ "$(
     isolation="--no-build-isolation"
     .venv/bin/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 69)' \
         2>/dev/null || isolation=""
-    .venv/bin/python -m pip install $quiet --no-deps $isolation -e .
+    .venv/bin/python -m pip install -q --no-deps $isolation -e .  # quiet: a few lines of its own say enough
     echo "$here" > "$project_stamp"
 fi
