@@ -445,3 +445,15 @@ def test_every_landmark_has_a_radius_and_natural_areas_a_larger_one():
     c = candidate_for("16.Eiffel_Tower", 0.8, 0.5)
     assert (c.name, c.lat, c.lon, c.radius_m) == ("Eiffel Tower", 48.8584, 2.2945, 5000.0)
     assert candidate_for("07.My_Back_Garden", 0.9, 0.5).lat is None
+
+
+def test_track_at_a_camera_clock_offset_estimated_from_the_library():
+    """A camera without offsets, its clock found from its shooting with the phone: its photos go on the track."""
+    lib = Library(8)
+    home_days(lib, 3)
+    r = lib.locate(tracks=StandInTrack())
+    on_track = [p for p in lib.of(CANON) if r[p].source == "track"]
+    assert on_track and all("Canon EOS 80D clock UTC+01:00" in r[p].evidence for p in on_track)
+    for p in on_track:  # the stand-in track's position at the photo's true instant
+        minutes = (lib.evidence[p].time_local - timedelta(hours=1) - DAY.replace(hour=9)).total_seconds() / 60
+        assert abs(r[p].lon - (PARIS[1] + minutes * 0.001)) < 0.003       # within 3 minutes along it
