@@ -188,8 +188,8 @@ class Planner:
                 day_kind: str = "home", place: str = "Munich", clocks: dict | None = None, walk_mps: float = 0.7,
                 situation: tuple[str, ...] = (), kinds: list[str] | None = None) -> None:
         """Shots of one outing: the devices' photos within ``minutes`` of ``hhmm`` local time, walking from a point
-        near ``centre``; a camera's photos are taken minutes from the phone's. ``contents``: (content, landmark)
-        per photo, the rest everyday photos of the place's kinds."""
+        near ``centre``; a camera's photos are taken 0.5-8 min from one of the phone's (a quarter of them 8-45 min).
+        ``contents``: (content, landmark) per photo, the rest everyday photos of the place's kinds."""
         rng = self.rng
         start = self.utc(day, hhmm, zone)
         # the walk: a new heading and speed every 5 minutes (stops included)
@@ -207,8 +207,9 @@ class Planner:
         times = [("phone", t) for t in phone_t]
         for dev, n in (("camera", camera), ("partner", partner)):
             for _ in range(n):
-                t = (rng.choice(phone_t) + rng.choice([-1, 1]) * rng.uniform(0.5, 8)) if phone_t \
-                    else rng.uniform(0, minutes)
+                # mostly minutes from a phone photo; a quarter while the phone stays in the pocket longer
+                apart = rng.uniform(0.5, 8) if rng.random() < 0.75 else rng.uniform(8, 45)
+                t = (rng.choice(phone_t) + rng.choice([-1, 1]) * apart) if phone_t else rng.uniform(0, minutes)
                 times.append((dev, min(max(t, 0.0), minutes)))
         rng.shuffle(times)
         contents = list(contents or [])
