@@ -180,6 +180,19 @@ def _spread(times: np.ndarray, g: Anchors, best_s: float, others_s: np.ndarray, 
     return np.where((gap_b[None, :] <= max_gap_s) & (gap_o <= max_gap_s), d, 0.0).max(0)
 
 
+def _local_offset(times: np.ndarray, g: Anchors) -> float:
+    """The time zone ``g`` was on during the hours a camera clock reading ``times`` can mean (its most frequent
+    offset there), the tie-break between offsets that fit equally: cameras are set to local time. 0 if unknown."""
+    if not len(times) or not len(g):
+        return 0.0
+    lo, hi = np.searchsorted(g.secs, [times.min() - 14 * 3600.0, times.max() + 12 * 3600.0])
+    known = g.offset_min[lo:hi][~np.isnan(g.offset_min[lo:hi])]
+    if not len(known):
+        return 0.0
+    values, counts = np.unique(known, return_counts=True)
+    return float(values[np.argmax(counts)])
+
+
 def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
             opts) -> tuple[int, str, np.ndarray | None]:
     """The best grid offset, how it was accepted ("clear", "same place" or "" = not) and the photos' spread.
@@ -191,7 +204,7 @@ def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
     unsure, the place is not; the spread is added to each photo's accuracy."""
     top = float(score.max())
     ties = np.flatnonzero(score == top)
-    best = int(ties[np.argmin(np.abs(GRID_MIN[ties]))])
+    best = int(ties[np.argmin(np.abs(GRID_MIN[ties] - _local_offset(times, g)))])
     if _clear(GRID_MIN, score, best, opts)[0] or _clear(GRID_MIN, plain, best, opts)[0]:
         return best, "clear", np.zeros(len(times))
     if top < opts.min_support:
@@ -267,6 +280,9 @@ def _pool_trips(sessions: list[Session], cands_by_session, opts) -> None:
                 break
 
 
+CONSISTENT_RESIDUAL_S = 45.0  # the matched photos' time residuals agree this closely: a measured clock error
+
+
 def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
     """Adopt a grid offset, refined by the median time residual of the matched photos (a clock minutes off)."""
     s.grid_min, s.gps_device, s.clock_unc_s = grid_min, g.device, opts.match_window_s / 2
@@ -274,8 +290,12 @@ def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
     idx, gap = g.nearest(s.times - offset)
     ok = gap <= opts.match_window_s
     if ok.sum() >= 3:
-        residual = float(np.median(g.secs[idx[ok]] - (s.times[ok] - offset)))
-        if abs(residual) <= 450:
+        residuals = g.secs[idx[ok]] - (s.times[ok] - offset)
+        residual = float(np.median(residuals))
+        # only pairs shot at the same moments say how far the clock is off: residuals of interleaved shooting
+        # scatter over the gaps between the GPS photos and their median is no measurement (it would look precise)
+        consistent = float(np.median(np.abs(residuals - residual))) <= CONSISTENT_RESIDUAL_S
+        if abs(residual) <= 450 and consistent:
             offset -= residual
             s.clock_unc_s = REFINED_CLOCK_UNC_S
     s.offset_s = offset

@@ -21,7 +21,8 @@ import numpy as np
 
 from .clocks import Session, build_sessions, decide_sessions
 from .evidence import PhotoEvidence
-from .neighbours import WALKING_MPS, Anchors, Estimate, clock_seconds, distance_m, format_km
+from .neighbours import (WALKING_MPS, Anchors, Estimate, clock_seconds, distance_m, format_gap, format_km,
+                         haversine_m)
 
 
 @dataclass
@@ -130,6 +131,49 @@ def _from_pixels(cand: LandmarkCandidate | None, opts: LocateOptions, note: str,
     return p
 
 
+# A photo the time cannot place may still be placed by its landmark alone, unless the GPS photos of those hours
+# all say the owner was far from it: then the pixels are more likely wrong than the owner's whereabouts.
+CONTRADICT_WINDOW_S = 6 * 3600.0   # around the photo's instant (or every instant its unknown clock allows)
+CONTRADICT_SLACK_M = 50_000.0      # beyond the landmark's radius: a day trip from where the GPS photos are
+
+
+class _Whereabouts:
+    """Every GPS photo of the library (all devices), by instant: where the owner was, hour by hour."""
+
+    def __init__(self, anchors: Mapping[str, Anchors]):
+        secs = [a.secs for a in anchors.values()]
+        order = np.argsort(np.concatenate(secs)) if secs else np.zeros(0, np.int64)
+        self.secs = np.concatenate(secs)[order] if secs else np.zeros(0)
+        self.lat = np.concatenate([a.lat for a in anchors.values()])[order] if secs else np.zeros(0)
+        self.lon = np.concatenate([a.lon for a in anchors.values()])[order] if secs else np.zeros(0)
+
+    def contradiction(self, cand: LandmarkCandidate | None, secs: float, known: bool) -> str:
+        """A note when every GPS photo of the hours around ``secs`` is far from the landmark, else ``""``."""
+        if cand is None or cand.lat is None or not len(self.secs):
+            return ""
+        lo, hi = (secs - CONTRADICT_WINDOW_S, secs + CONTRADICT_WINDOW_S) if known else (
+            secs - 14 * 3600.0 - CONTRADICT_WINDOW_S, secs + 12 * 3600.0 + CONTRADICT_WINDOW_S)
+        a, b = np.searchsorted(self.secs, lo), np.searchsorted(self.secs, hi, side="right")
+        if a == b:
+            return ""  # nothing known of those hours: the pixels alone, as for a scan
+        nearest = float(np.min(haversine_m(cand.lat, cand.lon, self.lat[a:b], self.lon[a:b])))
+        if nearest <= cand.radius_m + CONTRADICT_SLACK_M:
+            return ""
+        return (f"landmark withheld: pixels say {cand.name} ({cand.confidence:.2f}) but every GPS photo of those "
+                f"hours is {format_km(nearest)} or more from it")
+
+
+def _from_pixels_checked(cand: LandmarkCandidate | None, opts: LocateOptions, note: str, used: list,
+                         where: _Whereabouts, secs: float, known: bool) -> Placement:
+    """:func:`_from_pixels` for a photo with a capture time: not where the GPS photos of its hours contradict it."""
+    contradiction = where.contradiction(cand, secs, known) if opts.use_landmarks else ""
+    if contradiction and cand is not None and cand.confidence >= cand.threshold:
+        p = Placement(note=f"{note}; {contradiction}" if note else contradiction)
+        p.inputs = _digest("pixels-contradicted", used, note, _landmark_digest(cand))
+        return p
+    return _from_pixels(cand, opts, note, used)
+
+
 def _from_time(est: Estimate, detail: str, cand: LandmarkCandidate | None, opts: LocateOptions,
                used: list) -> Placement:
     """A time estimate with the landmark: agreement gives the landmark's place, disagreement no place."""
@@ -196,7 +240,8 @@ def locate_library(evidence: Mapping[str, PhotoEvidence], candidates: Mapping[st
     gps_rows: dict[str, list] = defaultdict(list)
     for path, ev in evidence.items():
         if opts.use_camera and ev.gps is not None and ev.instant is not None:
-            gps_rows[_device_key(ev)].append((clock_seconds(ev.instant), ev.gps[0], ev.gps[1], path))
+            gps_rows[_device_key(ev)].append((clock_seconds(ev.instant), ev.gps[0], ev.gps[1], path,
+                                              ev.utc_offset_min))
     anchors = {device: Anchors(device, rows) for device, rows in gps_rows.items()}
 
     pending: list[tuple[str, str, float, bool]] = []
@@ -227,15 +272,16 @@ def locate_library(evidence: Mapping[str, PhotoEvidence], candidates: Mapping[st
                 landmarks[path] = (cand.lat, cand.lon, cand.radius_m)
     sessions = build_sessions(pending, opts.session_gap_s)
     decide_sessions(sessions, anchors, landmarks, sim, opts)
+    where = _Whereabouts(anchors)
     for s in sessions:
-        _place_session(s, anchors, candidates, tracks if opts.use_tracks else None, opts, result)
+        _place_session(s, anchors, candidates, tracks if opts.use_tracks else None, opts, result, where)
     for path, note in notes.items():
         result[path] = _from_pixels(candidates.get(path), opts, note, [])
     return result
 
 
 def _place_session(s: Session, anchors: dict[str, Anchors], candidates, tracks, opts: LocateOptions,
-                   result: dict[str, Placement]) -> None:
+                   result: dict[str, Placement], where: _Whereabouts) -> None:
     clock = [] if s.known else [s.device, s.grid_min, round(s.offset_s or 0.0, 1)]
     used = [clock, s.gps_device, bool(s.together)]
     for j, path in enumerate(s.paths):
@@ -250,12 +296,13 @@ def _place_session(s: Session, anchors: dict[str, Anchors], candidates, tracks, 
                                         used + [text])
                 continue
         if not s.together:
-            result[path] = _from_pixels(cand, opts, s.note, used)
+            result[path] = _from_pixels_checked(cand, opts, s.note, used, where, float(s.times[j]), s.known)
             continue
         g = anchors[s.gps_device]
         est = g.estimate(float(s.times[j]) - s.offset_s, opts.max_gap_s, opts.max_speed_kmh / 3.6, s.clock_unc_s)
         if est is None:
-            result[path] = _from_pixels(cand, opts, f"no photo with GPS within {opts.max_gap_s / 3600:g} h", used)
+            result[path] = _from_pixels_checked(cand, opts, f"no photo with GPS within {format_gap(opts.max_gap_s)}",
+                                                used, where, float(s.times[j]) - s.offset_s, True)
         else:
             if s.spread_m is not None and s.spread_m[j] > 0:
                 est.accuracy_m += float(s.spread_m[j])

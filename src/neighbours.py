@@ -79,8 +79,12 @@ class Estimate:
 class Anchors:
     """One GPS device's photos that have both a position and a capture instant, sorted by (instant, path)."""
 
-    def __init__(self, device: str, rows: list[tuple[float, float, float, str]]):
+    def __init__(self, device: str, rows: list[tuple]):
+        """``rows``: ``(instant seconds, lat, lon, path[, the device's UTC offset in minutes])``."""
         rows = sorted(rows, key=lambda r: (r[0], r[3]))
+        # the local time zone the device was on at each photo (NaN: unknown): a camera clock is most likely set
+        # to the same one, which breaks ties between offsets that interleave equally well
+        self.offset_min = np.array([r[4] if len(r) > 4 and r[4] is not None else np.nan for r in rows], np.float64)
         self.device = device
         self.secs = np.array([r[0] for r in rows], dtype=np.float64)
         self.lat = np.array([r[1] for r in rows], dtype=np.float64)

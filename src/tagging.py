@@ -29,6 +29,8 @@ from .helpers import OutputError, atomic_write_json, atomic_write_text, ensure_w
 from .images import is_candidate_image
 from .metadata import MetadataError, check_exiftool, read_exif_gps, update_metadata
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
+from .placing import (LOCATION_COLUMNS, PlacingOptions, PlacingSummary, add_placing_arguments, decision_changed,
+                      embeddings_path, load_sketches, place_rows, placing_from_args, save_sketches, sketch)
 from .predict import add_model_arguments
 from .recognizer import as_recognizer
 
@@ -40,7 +42,9 @@ from .recognizer import as_recognizer
 # (its rows count as decided by an unknown model, so they are decided again) and rewritten with all columns.
 CSV_COLUMNS_V1 = ["path", "status", "landmark", "class", "prob", "city", "country", "lat", "lon", "gps_source",
                   "top_k", "top_k_probs", "error"]
-CSV_COLUMNS = CSV_COLUMNS_V1 + ["threshold", "method", "decided_by", "metadata"]
+CSV_COLUMNS_V2 = CSV_COLUMNS_V1 + ["threshold", "method", "decided_by", "metadata"]
+# V3: where each photo was taken and from what (src.placing): rows of a V2 CSV are placed on the next run.
+CSV_COLUMNS = CSV_COLUMNS_V2 + LOCATION_COLUMNS
 DONE_STATUSES = ("ok", "no_known_landmark")  # rows kept on a rerun (if decided the same way); errors are retried
 OLD_STATUSES = {"low_confidence": "no_known_landmark"}
 
@@ -61,6 +65,7 @@ def record_to_row(record: dict) -> dict[str, str]:
         "top_k_probs": "|".join(f"{e['prob']:.4f}" for e in record["top_k"]),
         "error": fmt(record["error"]), "threshold": fmt(record.get("threshold"), 4),
         "method": fmt(record.get("method")),
+        "candidate": record["top_k"][0]["class"] if record["top_k"] else "",
     }
 
 
@@ -82,7 +87,7 @@ def _parse_rows(text: str, source: Path, header_required: bool) -> list[dict]:
         return []
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
-    if header not in (CSV_COLUMNS, CSV_COLUMNS_V1):
+    if header not in (CSV_COLUMNS, CSV_COLUMNS_V2, CSV_COLUMNS_V1):
         if header_required:
             raise TagFileError(f"{source}: exists but is not a tag CSV written by this command (its header is "
                                f"{header}); move it or choose another --out")
@@ -196,6 +201,7 @@ def add_tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
     parser.add_argument("--redo", action="store_true",
                         help="decide every photo again, even those decided by this same model and threshold")
+    add_placing_arguments(parser)
     add_cluster_arguments(parser)
 
 
@@ -209,6 +215,8 @@ class TagSummary:
     metadata: dict = field(default_factory=dict)   # outcome word -> count (written, updated, removed, ...)
     metadata_errors: int = 0
     changed: list = field(default_factory=list)    # (path, before, after) of decisions that changed
+    places_changed: int = 0                        # photos placed before whose place changed (new evidence)
+    placing: PlacingSummary = field(default_factory=PlacingSummary)
     redecided: int = 0
     seconds: float = 0.0
 
@@ -234,11 +242,12 @@ def _metadata_targets(sidecar: bool, into_photo: bool) -> str:
 def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int = 3, min_prob: float | None = None,
                sidecar: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                redo: bool = False, progress: bool = True, device: str = "cpu", into_photo: bool = False,
-               backend: str = "auto") -> TagSummary:
+               backend: str = "auto", placing: PlacingOptions | None = None) -> TagSummary:
     """Tag every photo under ``folder`` into the CSV ``out``; see the module docstring and ``tag --help``.
 
     ``model``: a :class:`~src.recognizer.Recognizer`, a loaded exported module, or a path to an exported file.
-    ``min_prob`` None: the model's calibrated threshold.
+    ``min_prob`` None: the model's calibrated threshold. ``placing``: what besides the pixels places the photos
+    (:class:`src.placing.PlacingOptions`; default: all of the library's evidence).
     """
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
@@ -250,12 +259,13 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     provenance = recognizer.provenance(min_prob)
     started = time.perf_counter()
     previous = read_existing_rows(out)  # also refuses an --out that is some other CSV, even with redo
-    rows = dict(previous)
+    rows = {name: dict(row) for name, row in previous.items()}  # changed in place below; previous stays as it was
     done = set() if redo else {p for p, row in rows.items()
                                if row["status"] in DONE_STATUSES and row.get("decided_by") == decided_by}
     photos = list_photos(folder, exclude=[out])
     relative = {p: p.relative_to(folder).as_posix() for p in photos}
     todo = [p for p in photos if relative[p] not in done]
+    todo_set = set(todo)
     summary = TagSummary(total=len(photos), skipped=len(photos) - len(todo))
     summary.redecided = sum(1 for p in todo if relative[p] in previous and previous[relative[p]]["status"] != "error")
     if summary.skipped:
@@ -279,14 +289,11 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
         summary.metadata[word] = summary.metadata.get(word, 0) + 1
         row["metadata"] = wanted
 
-    if targets:  # photos decided earlier without these flags get their metadata now (no prediction needed)
+    if targets:
         check_exiftool()  # one line now, not one error per photo
-        for p in photos:
-            row = rows.get(relative[p])
-            written = set((row or {}).get("metadata", "").split("+")) - {""}
-            if relative[p] in done and row["status"] == "ok" and not set(targets.split("+")) <= written:
-                apply_metadata(p, row, row.get("metadata", ""))
     journal = Journal(journal_path(out)) if todo else None
+    model_tag = decided_by.split("/")[0]  # the model file: its embeddings are comparable, whatever the threshold
+    sketches = load_sketches(embeddings_path(out), model_tag)
     try:
         pending_rows: list[dict] = []
         threshold = recognizer.min_prob if min_prob is None else float(min_prob)
@@ -301,16 +308,11 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
                 emb = None if result.embedding is None else result.embedding.unsqueeze(0)
                 record = recognizer.decide(result.probs.unsqueeze(0), emb, [name], k, threshold, [result.gps])[0]
                 summary.tagged += 1
-                summary.no_landmark += record["status"] == "no_known_landmark"
+                if result.embedding is not None:
+                    sketches[name] = sketch(result.embedding.numpy())
             row = record_to_row(record)
             row["decided_by"] = decided_by
-            before = previous.get(name)
-            earlier = (before or {}).get("metadata", "")
-            row["metadata"] = earlier
-            if before is not None and before["status"] != "error" and _verdict(before) != _verdict(row):
-                summary.changed.append((name, _verdict(before), _verdict(row)))
-            if record["status"] != "error":
-                apply_metadata(result.path, row, earlier)
+            row["metadata"] = (previous.get(name) or {}).get("metadata", "")
             rows[name] = row
             pending_rows.append(row)
             if len(pending_rows) >= batch_size:
@@ -318,6 +320,29 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
                 pending_rows = []
         if journal is not None and pending_rows:
             journal.write(pending_rows)
+        # The library pass: every photo's place from the whole library's evidence (photos decided now or earlier:
+        # a photo added or removed changes its neighbours' estimates), then the metadata follows the decisions.
+        for gone in set(rows) - set(relative.values()):
+            del rows[gone]  # its photo was removed from the folder: no longer evidence, no longer a row
+        sketches = {name: sketches[name] for name in relative.values() if name in sketches}
+        save_sketches(embeddings_path(out), model_tag, sketches)
+        summary.placing = place_rows(folder, rows, photos, {c["class"]: c for c in recognizer.classes()},
+                                     placing or PlacingOptions(), progress=progress, sketches=sketches)
+        wanted_targets = set(targets.split("+")) - {""}
+        for p in photos:
+            name = relative[p]
+            row, before = rows.get(name), previous.get(name)
+            if row is None or row["status"] == "error":
+                continue
+            summary.no_landmark += row["status"] == "no_known_landmark" and p in todo_set
+            if before is not None and before["status"] != "error":
+                if _verdict(before) != _verdict(row):
+                    summary.changed.append((name, _verdict(before), _verdict(row)))
+                summary.places_changed += before.get("location_source", "") != "" and any(
+                    (before.get(c) or "") != (row.get(c) or "") for c in ("lat", "lon", "location_source"))
+            written = set(row.get("metadata", "").split("+")) - {""}
+            if wanted_targets - written or (written and decision_changed(before, row)):
+                apply_metadata(p, row, row.get("metadata", ""))
     finally:
         if journal is not None:
             journal.close()
@@ -337,7 +362,7 @@ def tag_main(args: argparse.Namespace) -> int:
         return cluster_main(args, RowFormat(tuple(CSV_COLUMNS), record_to_row, rows_to_csv, read_existing_rows))
     summary = tag_folder(args.folder, args.model, args.out, k=args.k, min_prob=args.min_prob, sidecar=args.sidecar,
                          batch_size=args.batch_size, workers=args.workers, redo=args.redo, device=args.device,
-                         into_photo=args.write_into_photo, backend=args.backend)
+                         into_photo=args.write_into_photo, backend=args.backend, placing=placing_from_args(args))
     new = summary.tagged + summary.errors
     rate = f", {new / summary.seconds:.1f} photos/s" if new and summary.seconds > 0 else ""
     parts = [f"{summary.total} photos: {summary.tagged} tagged ({summary.tagged - summary.no_landmark} with a "
@@ -351,6 +376,7 @@ def tag_main(args: argparse.Namespace) -> int:
         print(f"Threshold: {json.loads(run_info_path(Path(args.out)).read_text(encoding='utf-8'))['threshold_note']}")
     except (OSError, ValueError, KeyError):
         pass
+    print(summary.placing.describe(summary.places_changed))
     if summary.redecided:
         print(f"{summary.redecided} photos decided again (model, landmark index or threshold changed): "
               f"{len(summary.changed)} changed their answer" + (":" if summary.changed else ""))

@@ -259,11 +259,15 @@ def test_tag_folder_with_broken_files_tags_the_good_ones(tmp_path, models, capsy
     assert list(read_csv(out)[0].keys()) == CSV_COLUMNS
     for name in GOOD + ["sub/nested.jpg"]:
         row = rows[name]
-        assert row["status"] == "ok" and row["landmark"] == "Golden Gate Bridge" and row["error"] == ""
         assert row["top_k"].split("|")[0] == "Golden Gate Bridge" and len(row["top_k_probs"].split("|")) == 2
+        if name != "gps.jpg":
+            assert row["status"] == "ok" and row["landmark"] == "Golden Gate Bridge" and row["error"] == ""
     assert (rows["plain.jpg"]["lat"], rows["plain.jpg"]["lon"], rows["plain.jpg"]["gps_source"]) == (
         "37.8199", "-122.4783", "landmark")
-    assert rows["gps.jpg"]["gps_source"] == "exif" and float(rows["gps.jpg"]["lat"]) == pytest.approx(48.8584, abs=1e-4)
+    # gps.jpg's own GPS is in Paris: the Golden Gate Bridge the pixels see is withheld, and the CSV says why
+    gps = rows["gps.jpg"]
+    assert gps["gps_source"] == "exif" and float(gps["lat"]) == pytest.approx(48.8584, abs=1e-4)
+    assert gps["status"] == "no_known_landmark" and "Golden Gate Bridge" in gps["location_note"]
     for name, reason in BAD.items():
         assert rows[name]["status"] == "error" and reason in rows[name]["error"] and rows[name]["landmark"] == ""
         assert f"error: {zoo / name}" in captured.err
@@ -277,9 +281,16 @@ def test_tag_second_run_skips_done_photos_and_retries_errors(tmp_path, models, c
     out = tmp_path / "tags.csv"
     tag_folder(zoo, models["golden_gate"], out, progress=False)
     first = {r["path"]: r for r in read_csv(out)}
-    # mark one done row so we can see it is kept, not recomputed
-    text = out.read_text().replace("plain.jpg,ok,Golden Gate Bridge", "plain.jpg,ok,Kept From Run One")
-    out.write_text(text)
+    # mark one done row so we can see it is kept, not recomputed (its top-k: the landmark columns are derived from
+    # the kept pixel decision and the library's evidence on every run)
+    rows_one = read_csv(out)
+    for row in rows_one:
+        if row["path"] == "plain.jpg":
+            row["top_k"] = "Kept From Run One|" + row["top_k"].partition("|")[2]
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows_one)
     (zoo / "text.jpg").unlink()
     photo(seed=30).save(zoo / "text.jpg")  # the user fixed a broken file
     photo(seed=31).save(zoo / "new.jpg")  # and added one
@@ -287,7 +298,7 @@ def test_tag_second_run_skips_done_photos_and_retries_errors(tmp_path, models, c
     rows = read_csv(out)
     by_path = {r["path"]: r for r in rows}
     assert len(rows) == len(by_path) == len(first) + 1  # no duplicates
-    assert by_path["plain.jpg"]["landmark"] == "Kept From Run One"
+    assert by_path["plain.jpg"]["top_k"].startswith("Kept From Run One|")
     assert by_path["text.jpg"]["status"] == "ok" and by_path["new.jpg"]["status"] == "ok"
     assert by_path["empty.jpg"]["status"] == "error"  # still broken, tried again
     assert summary.skipped == len(GOOD) and summary.tagged == 2 and summary.errors == len(BAD) - 1
@@ -300,12 +311,13 @@ def test_tag_resumes_from_the_journal_of_a_killed_run(tmp_path, models):
     journal = journal_path(out)
     header = ",".join(CSV_COLUMNS)
     decided_by = Recognizer.load(models["golden_gate"]).decided_by()  # what this run decides with
-    done = f"plain.jpg,ok,From The Journal,09.Golden_Gate_Bridge,0.9900,,,,,,,,,0.9000,classifier,{decided_by},"
+    done = (f"plain.jpg,ok,From The Journal,09.Golden_Gate_Bridge,0.9900,,,,,,From The Journal,0.9900,,0.9000,"
+            f"classifier,{decided_by},,,,,,09.Golden_Gate_Bridge")
     torn = "gray.png,ok,Golden Gate Br"  # the line being written when the process died
     journal.write_text(f"{header}\n{done}\n{torn}")
     tag_folder(zoo, models["golden_gate"], out, progress=False)
     rows = {r["path"]: r for r in read_csv(out)}
-    assert rows["plain.jpg"]["landmark"] == "From The Journal"  # not predicted again
+    assert rows["plain.jpg"]["top_k"] == "From The Journal"  # not predicted again (a prediction gives top 3)
     assert rows["gray.png"]["landmark"] == "Golden Gate Bridge" and rows["gray.png"]["status"] == "ok"
     assert len(read_csv(out)) == len(GOOD) + len(BAD) and not journal.exists()
 
@@ -378,7 +390,9 @@ def test_tag_sidecars(tmp_path, models, capsys):
         assert not sidecar_path(zoo / name).exists()
     ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "exif": "http://ns.adobe.com/exif/1.0/",
           "dc": "http://purl.org/dc/elements/1.1/", "photoshop": "http://ns.adobe.com/photoshop/1.0/"}
-    for name, (lat, lon) in {"plain.jpg": (37.8199, -122.4783), "gps.jpg": (48.8584, 2.2945)}.items():
+    # gps.jpg's own GPS (Paris) contradicts the landmark: no landmark, and its position is in the photo already
+    assert not sidecar_path(zoo / "gps.jpg").exists()
+    for name, (lat, lon) in {"plain.jpg": (37.8199, -122.4783), "cmyk.jpg": (37.8199, -122.4783)}.items():
         path = zoo / f"{name}.xmp"
         assert path == sidecar_path(zoo / name)
         desc = ET.parse(path).getroot().find(".//rdf:Description", ns)
@@ -399,7 +413,8 @@ def test_sidecars_for_photos_tagged_earlier_without_them(tmp_path, models):
     tag_folder(zoo, models["golden_gate"], out, progress=False)
     assert not list(zoo.glob("*.xmp"))
     summary = tag_folder(zoo, models["golden_gate"], out, sidecar=True, progress=False)
-    assert summary.tagged == 0 and summary.metadata == {"written": len(GOOD)}
+    # every photo but gps.jpg (its own GPS contradicts the landmark, and its position is in the photo already)
+    assert summary.tagged == 0 and summary.metadata == {"written": len(GOOD) - 1, "nothing": 1}
     assert sidecar_path(zoo / "plain.jpg").exists()
 
 
