@@ -223,7 +223,8 @@ def add_placing_arguments(parser) -> None:
     group.add_argument("--track", action="append", default=[], metavar="FILE.gpx",
                        help="a GPS track (GPX) of the trip; photos taken along it are placed on it (repeatable)")
     group.add_argument("--track-offset", default=None, metavar="OFFSET",
-                       help="a camera's clock offset for the tracks, as exiftool's Geosync (e.g. +1:30, -45s)")
+                       help="GPS time minus the camera's clock, for photos without a time-zone offset, as "
+                            "exiftool's Geosync: +1:30:00 (1 h 30 min), -45 (seconds), 1.5h")
     group.add_argument("--max-gap", default=None, metavar="DURATION",
                        help="the longest time to a photo with GPS that a photo may take its place from "
                             "(e.g. 30m, 2h; default: see docs/locate.md)")
