@@ -42,7 +42,7 @@ DONE_STATUSES = ("ok", "no_known_landmark")  # as tag: rows kept on a rerun when
 # batches it held are retried (its actor pools default to max_restarts=-1, max_task_retries=-1), a decoding task
 # whose worker died is retried (Ray's max_retries=3); tests/test_cluster.py kills a replica mid-run.
 PHOTOS_PER_BLOCK = 64  # input rows per decoding task: small enough to spread 1,000 photos over a few nodes
-DECODE_MEMORY = 512 << 20  # a decoding task's reservation: a photo at the pixel guard (89 Mpx) is 270 MB decoded
+DECODE_MEMORY = 1 << 30  # per decoding task: its worker (torch, Pillow) holds ~0.5 GB, a photo at the guard 0.3 GB
 
 
 @dataclass
