@@ -1,17 +1,23 @@
-"""Open-set recognition on a mixed library: known landmarks, everyday photos, and landmarks the model was not
-taught. Compares, in one run, today's classifier (``--min-prob 0`` and the app's old 0.3), the classifier
-calibrated the same way as the retrieval path, and retrieval in the landmark index at its calibrated default;
-then enrols the new landmarks without training and measures again.
+"""Open-set recognition on a mixed library: known landmarks, everyday photos from several sources, and landmarks
+the model was not taught. Compares, in one run, the classifier (``--min-prob 0`` and the app's old 0.3), the
+classifier calibrated the same way as the retrieval path, and retrieval in the landmark index calibrated three
+ways: as before this change (one pooled threshold fitted on everyday + landmarks held out), leave-one-source-out
+on every source (everyday, the three sources of everyday2, landmarks held out: the default), and on what a fresh
+clone ships (``src/calibration_photos`` + landmarks held out). Per source and kind: photos without a known landmark
+given one, on the measuring halves no calibration saw, and (from the calibration) with each source left out of the
+fit. Then enrols the new landmarks without training and measures again.
 
     python benchmarks/bench_open_set.py --model checkpoints/transfer_exported.pt
 
 The model must have been exported with its index (``python -m src export`` does it; ``python -m src calibrate``
-for an older file). Only the MEASURING half of the everyday photos is used here; the calibration half made the
-threshold. Writes ``benchmarks/results/bench_open_set.json``.
+for an older file); the indexes compared are rebuilt here from its data set. Only the MEASURING halves of the
+everyday folders are used to measure; the calibration halves made the thresholds. Writes
+``benchmarks/results/bench_open_set.json``.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -19,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_open_set_data_arguments, format_table, save_results
+from common import SHARED_DATA, add_open_set_data_arguments, format_table, save_results
 
-from src.calibrate import build_index
+from src.calibrate import HELD_OUT_SOURCE, SHIPPED_NEGATIVES, build_index, source_names
 from src.data import scan_split
 from src.enroll import enroll_folder, read_locations
 from src.index import index_path_for
-from src.openset import open_set_summary, split_negatives
+from src.openset import PER_SOURCE, open_set_summary, split_negatives
 from src.pipeline import decode_for_batch, iter_predictions
 from src.recognizer import Recognizer
 
@@ -86,48 +92,87 @@ def row(name: str, summary: dict, extra: dict | None = None) -> dict:
             "wrong_of_written_1in10": f"{wrong_location_share(summary):.0%}", **(extra or {}), "raw": summary}
 
 
+def measuring_halves(folders) -> list[tuple[Path, str, str]]:
+    """``(photo, source, kind)`` of each folder's measuring half (no calibration sees it); sources as
+    ``python -m src calibrate`` names them (a folder, or one per ``repo`` of its sources.csv)."""
+    out = []
+    for folder in map(Path, folders):
+        repos = source_names(folder)
+        for path in split_negatives(folder)["measure"]:
+            rel = path.relative_to(folder).as_posix()
+            repo = repos.get(rel)
+            out.append((path, f"{folder.name}/{repo}" if repo else folder.name, rel.split("/")[0]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_open_set_data_arguments(parser)
+    parser.add_argument("--everyday2", default=str(SHARED_DATA / "everyday2"),
+                        help="a second folder of photos without landmarks (sources.csv: one source per repo)")
     parser.add_argument("--locations", default=str(Path(__file__).parent / "data" / "new_landmarks_locations.json"))
     parser.add_argument("--name", default="bench_open_set")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    load = os.getloadavg()
 
     recognizer = Recognizer.load(args.model)
-    if recognizer.method != "retrieval" or not recognizer.calibrated:
-        raise SystemExit(f"{args.model}: needs a calibrated landmark index (python -m src calibrate)")
+    if recognizer.method != "retrieval":
+        raise SystemExit(f"{args.model}: needs a model with embeddings and its landmark index")
     backend = recognizer.backend
+    rate = 0.02
+    folders = [args.negatives, args.everyday2]
     known = [(p, p.parent.name) for p, _ in scan_split(Path(args.data_dir) / "test")]
-    everyday = [(p, None) for p in split_negatives(args.negatives)["measure"]]
+    measure = measuring_halves(folders)
+    everyday = [(p, None) for p, _, _ in measure]
     new_all = [(p, None) for split in ("train", "test") for p, _ in scan_split(Path(args.new) / split)]
     library = known + everyday + new_all
-    outputs = run_outputs(backend, [p for p, _ in library])
+    outputs = run_outputs(backend, [p for p, _ in library])  # the test photos: looked at once per run
     truth = [t for _, t in library]
     n_known, n_everyday = len(known), len(everyday)
+    source_of = np.array([s for _, s, _ in measure])
+    kind_of = np.array([k for _, _, k in measure])
 
-    # The classifier seen plainly (today's default and the app's old 0.3) and calibrated like the index.
+    started = time.perf_counter()
+    indexes = {"everyday": build_index(backend, args.data_dir, [args.negatives], max_false_rate=rate),
+               "all": build_index(backend, args.data_dir, folders, max_false_rate=rate),
+               "all_1pct": build_index(backend, args.data_dir, folders, max_false_rate=0.01),
+               "per_source": build_index(backend, args.data_dir, folders, max_false_rate=rate, rule=PER_SOURCE),
+               "shipped": build_index(backend, args.data_dir, [SHIPPED_NEGATIVES], max_false_rate=rate)}
+    calibration_seconds = time.perf_counter() - started
     plain = Recognizer(WithoutEmbedding(backend))
-    classifier_index = build_index(WithoutEmbedding(backend), args.data_dir, args.negatives,
-                                   valid_size=0.2, seed=42, max_false_rate=recognizer.calibration["max_false_rate"])
+    classifier_index = build_index(WithoutEmbedding(backend), args.data_dir, args.negatives, max_false_rate=rate)
     calibrated_classifier = Recognizer(WithoutEmbedding(backend), classifier_index)
-    rows = []
-    for name, rec, min_prob in (("classifier, --min-prob 0 (before)", plain, 0.0),
-                                ("classifier, 0.3 (the app before)", plain, 0.3),
-                                ("classifier, calibrated threshold", calibrated_classifier, None),
-                                ("retrieval, calibrated threshold (default)", recognizer, None)):
+    methods = [("classifier, --min-prob 0", plain, 0.0), ("classifier, 0.3 (the app before)", plain, 0.3),
+               ("classifier, calibrated on everyday + held out", calibrated_classifier, None),
+               ("retrieval, everyday + held out (before)", Recognizer(backend, indexes["everyday"]), None),
+               ("retrieval, every source, 2 % pooled (default)", Recognizer(backend, indexes["all"]), None),
+               ("retrieval, every source, 1 % pooled", Recognizer(backend, indexes["all_1pct"]), None),
+               ("retrieval, every source, each within 2 %", Recognizer(backend, indexes["per_source"]), None),
+               ("retrieval, fresh clone: shipped photos + held out", Recognizer(backend, indexes["shipped"]), None)]
+    sources = sorted(set(source_of))
+    kinds = sorted(set(kind_of))
+    rows, kind_rows = [], []
+    for name, rec, min_prob in methods:
         summary, predicted, conf, kept = decide_all(rec, outputs, truth, min_prob)
         given = np.array(conf) >= summary["threshold"]
-        everyday_given = float(given[n_known:n_known + n_everyday].mean())
-        new_given = float(given[n_known + n_everyday:].mean())
-        rows.append(row(name, summary, {"everyday_given": f"{everyday_given:.1%}",
-                                        "new_given": f"{new_given:.1%}"}))
+        neg_given = given[n_known:n_known + n_everyday]
+        extra = {f"src:{s}": f"{neg_given[source_of == s].mean():.1%}" for s in sources}
+        extra["new_given"] = f"{given[n_known + n_everyday:].mean():.1%}"
+        extra["everyday_given"] = f"{neg_given.mean():.1%}"
+        held = rec.calibration.get("held_out_false_rate") or {}
+        extra["loso"] = ", ".join(f"{k} {v:.1%}" for k, v in held.items()) or "-"
+        extra["promise"] = f"{rec.calibration['promise']:.1%}" if rec.calibration.get("promise") is not None else "-"
+        rows.append(row(name, summary, extra))
+        kind_rows.append({"method": name, **{k: f"{neg_given[kind_of == k].mean():.1%} ({(kind_of == k).sum()})"
+                                             for k in kinds}})
+    default = indexes["all"]
 
-    # Enrolment of the new landmarks, no training, into a copy of the model's index.
+    # Enrolment of the new landmarks, no training, into a copy of the model with the default index.
     with tempfile.TemporaryDirectory() as tmp:
         model_copy = Path(tmp) / Path(args.model).name
         shutil.copy(args.model, model_copy)
-        shutil.copy(index_path_for(args.model), index_path_for(model_copy))
+        default.save(index_path_for(model_copy))
         enrolled = Recognizer.load(model_copy)
         train_paths = [p for p, _ in scan_split(Path(args.new) / "train")]
         images = [decode_for_batch(p, backend.resize_size, backend.img_size) for p in train_paths]
@@ -150,32 +195,44 @@ def main(argv: list[str] | None = None) -> int:
         new_known = open_set_summary(*[list(x) for x in decide_all(enrolled, new_outputs,
                                                                    [t for _, t in new_test])[1:]],
                                      summary["threshold"])
-        rows.append(row("retrieval after enrolling 5 new landmarks", summary,
-                        {"everyday_given": f"{float(given[n_known:n_known + n_everyday].mean()):.1%}",
+        neg_given = given[n_known:n_known + n_everyday]
+        rows.append(row("default, after enrolling 5 new landmarks", summary,
+                        {**{f"src:{s}": f"{neg_given[source_of == s].mean():.1%}" for s in sources},
+                         "everyday_given": f"{neg_given.mean():.1%}",
                          "new_given": f"top-1 {new_known['top1_known']:.1%}, "
                                       f"right {new_known['known_tagged_right']:.1%}"}))
         known_after, _, _, _ = decide_all(enrolled, outputs[:n_known], truth[:n_known])
+    default_row = rows[4]["raw"]
     enrolment = {"landmarks": len(added), "photos": len(train_paths), "enroll_seconds": enroll_seconds,
                  "forward_only_seconds": forward_seconds,
                  "enroll_vs_forward": enroll_seconds / forward_seconds if forward_seconds else None,
                  "new_test_top1": new_known["top1_known"], "new_test_tagged_right": new_known["known_tagged_right"],
-                 "landmarks13_top1_before": rows[3]["raw"]["top1_known"],
+                 "landmarks13_top1_before": default_row["top1_known"],
                  "landmarks13_top1_after": known_after["top1_known"]}
     columns = [("method", "method"), ("threshold", "threshold"), ("top1", "top-1 known"),
                ("right", "known tagged right"), ("wrong", "known tagged wrong"),
-               ("unknown_given", "no-landmark photos given one"), ("everyday_given", "everyday given one"),
-               ("new_given", "new landmarks given one"), ("gap", "GAP"),
-               ("gap_withdrawn", "GAP, 'no known landmark' withdrawn"), ("auroc", "AUROC"),
-               ("wrong_of_written_1in10", "wrong of written locations (1 in 10 a landmark)")]
+               ("unknown_given", "no-landmark photos given one"), ("everyday_given", "everyday (all 4) given one")]
+    columns += [(f"src:{s}", s) for s in sources]
+    columns += [("new_given", "new landmarks given one"), ("gap", "GAP"), ("auroc", "AUROC"),
+                ("wrong_of_written_1in10", "wrong of written (1 in 10)"),
+                ("loso", "left out of the fit: given one"), ("promise", "promise")]
     table = format_table(rows, columns)
+    table += "\n\nPer kind (measuring halves of all everyday sources): share given a landmark (photos)\n\n"
+    table += format_table(kind_rows, [("method", "method")] + [(k, k) for k in kinds])
     table += (f"\n\nEnrolment: {len(added)} landmarks, {len(train_paths)} photos in {enroll_seconds:.1f} s "
               f"({enroll_seconds / len(train_paths) * 1000:.0f} ms a photo; the forward pass alone "
               f"{forward_seconds / len(train_paths) * 1000:.0f} ms, ratio {enrolment['enroll_vs_forward']:.2f}); "
               f"new_landmarks/test top-1 {new_known['top1_known']:.1%}; landmarks13 test top-1 "
               f"{enrolment['landmarks13_top1_before']:.1%} -> {enrolment['landmarks13_top1_after']:.1%}")
-    save_results(args.name, "bench_open_set.py", argv, rows, table, enrolment=enrolment,
-                 library={"known": n_known, "everyday_measure_half": n_everyday, "new_landmarks": len(new_all)},
-                 calibration=recognizer.calibration)
+    table += f"\nLoad average at the start {load[0]:.2f}; five calibrations in {calibration_seconds:.0f} s"
+    save_results(args.name, "bench_open_set.py", argv, rows, table, enrolment=enrolment, kinds=kind_rows,
+                 library={"known": n_known, "everyday_measure_halves": {s: int((source_of == s).sum())
+                                                                        for s in sources},
+                          "new_landmarks": len(new_all)}, load_average=list(load),
+                 calibrations={k: {key: v.calibration.get(key) for key in (
+                     "threshold", "threshold_source", "sources", "held_out_false_rate", "promise",
+                     "measured_on_calibration")} for k, v in indexes.items()},
+                 held_out_source=HELD_OUT_SOURCE)
     return 0
 
 
