@@ -43,6 +43,9 @@ def thin_venv(clone: Path) -> None:
                     str(clone / ".venv")], check=True)
     (purelib,) = list((clone / ".venv" / "lib").glob("python3*/site-packages"))
     (purelib / "zz_packages_of_the_checkout.pth").write_text(site.getsitepackages()[0] + "\n")
+    for data in ("share", "etc"):  # Jupyter's data and configuration (Voila's templates) live beside the packages
+        if (Path(sys.prefix) / data).is_dir():
+            (clone / ".venv" / data).symlink_to(Path(sys.prefix) / data)
     later = time.time() + 60  # newer than every file of the clone: setup_venv.sh sees the requirements installed
     for name in ("requirements-dev.txt", "requirements.txt"):
         stamp = clone / ".venv" / f".installed-{name}"
