@@ -3,7 +3,8 @@
 # (TorchScript + ONNX, with their landmark index and threshold) to checkpoints/, say what came out, and serve the
 # app on http://127.0.0.1:8866/.
 #   Data: $LANDMARK_DATA (a folder or zip in the course layout) if set, else the course download.
-#   Photos without landmarks for the threshold: $LANDMARK_NEGATIVES (else the threshold is an uncalibrated fallback).
+#   Photos without landmarks for the threshold: $LANDMARK_NEGATIVES, else the few in src/calibration_photos
+#   (LANDMARK_NEGATIVES=none: an uncalibrated fallback threshold, which every decision then says).
 #   A second run skips what is already done; FORCE=1 retrains.
 #   QUICK=1 or --quick: one epoch per model, a smoke run (the models are poor; a later full run retrains them).
 #   NO_APP=1 or --no-app: stop after the summary instead of serving the app (which runs until Ctrl+C).
@@ -14,7 +15,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --no-app) NO_APP=1 ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "run.sh: unknown option $arg (--quick, --no-app, --help)" >&2; exit 2 ;;
     esac
 done
