@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .neighbours import Anchors, format_gap, haversine_m
+from .geo import haversine_m
+from .neighbours import Anchors, format_gap
 
 if TYPE_CHECKING:
     from .locate import LocateOptions

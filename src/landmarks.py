@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from .data import class_display_name
+from .geo import distance_m, format_km
 
 LANDMARKS_FILE = Path(__file__).resolve().parent / "landmarks.json"
 NO_LANDMARK = "no known landmark"
@@ -102,3 +103,23 @@ def parse_xmp_gps_coordinate(text: str) -> float:
     parts = [float(p) for p in body.split(",")]
     value = parts[0] + (parts[1] / 60.0 if len(parts) > 1 else 0.0) + (parts[2] / 3600.0 if len(parts) > 2 else 0.0)
     return -value if ref in "SW" else value
+
+
+def place_contradicts(name: str, confidence: float, lat: float | None, lon: float | None, radius_m: float,
+                      where: tuple[float, float], what: str = "the photo's own GPS",
+                      slack_m: float = 0.0) -> str | None:
+    """Why a landmark cannot be what a photo taken at ``where`` shows (farther from it than its radius), or
+    ``None`` when it can (or the landmark has no place): the one wording of "landmark withheld" everywhere."""
+    if lat is None or lon is None:
+        return None
+    dist = distance_m(where[0], where[1], lat, lon)
+    if dist <= radius_m + slack_m:
+        return None
+    return f"landmark withheld: pixels say {name} ({confidence:.2f}) but {what} puts it {format_km(dist)} from it"
+
+
+def gps_contradicts(entry: dict, gps: tuple[float, float]) -> str | None:
+    """:func:`place_contradicts` for a top-k entry (``class``, ``name``, ``prob``, ``lat``, ``lon``) and a photo's
+    own GPS: a recognised landmark thousands of km from where the camera was is not that landmark."""
+    radius = landmark_radius_m(entry["class"]) if entry.get("class") else DEFAULT_RADIUS_M
+    return place_contradicts(entry["name"], float(entry["prob"]), entry.get("lat"), entry.get("lon"), radius, gps)

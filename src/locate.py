@@ -21,8 +21,9 @@ import numpy as np
 
 from .clocks import Session, build_sessions, decide_sessions
 from .evidence import PhotoEvidence
-from .neighbours import (WALKING_MPS, Anchors, Estimate, clock_seconds, distance_m, format_gap, format_km,
-                         haversine_m)
+from .geo import distance_m, format_km, haversine_m
+from .landmarks import display_name, landmark_info, landmark_radius_m, place_contradicts
+from .neighbours import WALKING_MPS, Anchors, Estimate, clock_seconds, format_gap
 
 
 @dataclass
@@ -73,8 +74,6 @@ class Placement:
 
 def candidate_for(key: str, confidence: float, threshold: float) -> LandmarkCandidate:
     """A :class:`LandmarkCandidate` for a class key, with its place and radius from ``src/landmarks.json``."""
-    from .landmarks import display_name, landmark_info, landmark_radius_m  # noqa: PLC0415 - landmarks imports torch
-
     info = landmark_info(key)
     return LandmarkCandidate(key, display_name(key), info["lat"] if info else None, info["lon"] if info else None,
                              landmark_radius_m(key), confidence, threshold)
@@ -106,14 +105,14 @@ def _trusted(path: str, lat: float, lon: float, acc: float, source: str, evidenc
             if cand.confidence >= alone:
                 p.landmark_key = cand.key
         else:
-            dist = distance_m(lat, lon, cand.lat, cand.lon)
-            if dist <= cand.radius_m + (acc if source == "track" else 0.0):
+            where = "the photo's own GPS" if source == "camera" else "the GPS track"
+            far = place_contradicts(cand.name, cand.confidence, cand.lat, cand.lon, cand.radius_m, (lat, lon),
+                                    where, slack_m=acc if source == "track" else 0.0)
+            if far is None:
                 if cand.confidence >= agree_bar:
                     p.landmark_key = cand.key
             elif cand.confidence >= min(alone, agree_bar):
-                where = "the photo's own GPS" if source == "camera" else "the GPS track"
-                p.note = (f"landmark withheld: pixels say {cand.name} ({cand.confidence:.2f}) but {where} puts it "
-                          f"{format_km(dist)} from it")
+                p.note = far
     p.inputs = _digest(source, round(lat, 6), round(lon, 6), round(acc, 1), used, _landmark_digest(cand),
                        p.landmark_key)
     return p

@@ -17,8 +17,9 @@ from datetime import datetime
 
 import numpy as np
 
+from .geo import distance_m, haversine_m
+
 EPOCH = datetime(1970, 1, 1)
-EARTH_RADIUS_M = 6_371_000.0
 GPS_ERROR_M = 20.0            # a phone's GPS fix outdoors, typical horizontal error
 WALKING_MPS = 5.0 / 3.6       # the envelope when the neighbours show no faster movement
 MIN_LEG_S = 60.0              # speeds between neighbours are measured over at least a minute
@@ -32,23 +33,6 @@ def clock_seconds(when: datetime) -> float:
     return (when - EPOCH).total_seconds()
 
 
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres between two points (plain floats: the per-photo path)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, max(0.0, a))))
-
-
-def haversine_m(lat1, lon1, lat2, lon2):
-    """Great-circle distance in metres; numpy arrays (broadcast)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dphi = p2 - p1
-    dl = np.radians(np.asarray(lon2) - np.asarray(lon1))
-    a = np.sin(dphi / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    d = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-    return float(d) if np.ndim(d) == 0 else d
-
-
 def format_gap(seconds: float) -> str:
     """``42`` -> ``"42 s"``, ``240`` -> ``"4 min"``, ``4800`` -> ``"1 h 20 min"``."""
     seconds = abs(seconds)
@@ -58,11 +42,6 @@ def format_gap(seconds: float) -> str:
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"
-
-
-def format_km(metres: float) -> str:
-    """``6_120_000`` -> ``"6,120 km"``, ``850`` -> ``"0.9 km"``."""
-    return f"{metres / 1000:,.0f} km" if metres >= 10_000 else f"{metres / 1000:.1f} km"
 
 
 @dataclass

@@ -34,6 +34,8 @@ def format_record(record: dict) -> str:
         place = ", ".join(str(v) for v in (record["city"], record["country"]) if v)
         where = f" ({place})" if place else ""
         lines.append(f"  => {record['landmark']}{where}: confidence {prob} >= threshold {threshold}{kind}")
+    elif record.get("note"):  # confident, but the photo's own GPS says it was taken elsewhere
+        lines.append(f"  => {NO_LANDMARK}: {record['note']}")
     else:
         lines.append(f"  => {NO_LANDMARK}: the best guess has confidence {prob}, below the threshold "
                      f"{threshold}{kind}")

@@ -26,14 +26,14 @@ import torch
 from .backends import as_backend, load_backend
 from .helpers import file_sha256
 from .index import LandmarkIndex, LandmarkIndexError, index_path_for, probe_images
-from .landmarks import NO_LANDMARK, display_name, landmark_info
+from .landmarks import NO_LANDMARK, display_name, gps_contradicts, landmark_info
 from .openset import FALLBACK_MIN_PROB, confidence, score_features
 from .pipeline import stack_images
 
 log = logging.getLogger(__name__)
 
 RECORD_KEYS = ("path", "status", "landmark", "class", "prob", "city", "country", "lat", "lon", "gps_source",
-               "top_k", "error", "threshold", "method")
+               "top_k", "error", "threshold", "method", "note")
 STATUSES = ("ok", "no_known_landmark", "error")
 LOCATION_KEYS = ("name", "city", "country", "lat", "lon")
 
@@ -305,6 +305,10 @@ class Recognizer:
             record.update(status="no_known_landmark", landmark=NO_LANDMARK)
         if gps is not None:  # the camera's own position beats any inferred one
             record.update(lat=gps[0], lon=gps[1], gps_source="exif")
+            far = gps_contradicts(best, gps) if record["status"] == "ok" else None
+            if far is not None:  # the photo was taken far from the landmark its pixels suggest: not that one
+                record.update(status="no_known_landmark", landmark=NO_LANDMARK, city=None, country=None,
+                              note=far, **{"class": None})
         return record
 
     def records(self, batch: torch.Tensor, paths: Sequence[str], k: int = 5, min_prob: float | None = None,

@@ -33,12 +33,13 @@ from pathlib import Path
 import gpxpy
 import gpxpy.gpx
 
+from .geo import distance_m
+
 GEO_MAX_INT_SECS = 1800.0   # exiftool's GeoMaxIntSecs default: longest gap interpolated across
 GEO_MAX_EXT_SECS = 1800.0   # exiftool's GeoMaxExtSecs default: furthest from the nearest point
 UERE_M = 5.0                # metres per unit of HDOP
 DEFAULT_FIX_M = 10.0        # a point without HDOP
 WALK_MPS = 1.4              # the least speed assumed when a photo is placed at a point it was not taken at
-EARTH_RADIUS_M = 6371008.8
 
 
 class TrackError(ValueError):
@@ -53,14 +54,6 @@ class TrackPoint:
     accuracy_m: float
     file: str           # the file's name, for the evidence
     first: bool = False  # the first point of its file (exiftool: the gap before it is outside a track)
-
-
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres (haversine)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 def format_duration(seconds: float) -> str:

@@ -14,7 +14,7 @@ import pytest
 from src.evidence import PhotoEvidence
 from src.landmarks import landmark_radius_m, load_landmarks
 from src.locate import LandmarkCandidate, LocateOptions, candidate_for, locate_library
-from src.neighbours import distance_m
+from src.geo import distance_m
 
 PARIS = (48.8566, 2.3522)
 EIFFEL = (48.8584, 2.2945)

@@ -205,7 +205,10 @@ def test_predict_json_one_object_per_image(tmp_path, models, capsys):
     assert unknown["name"] == "My Back Garden" and unknown["lat"] is None  # a class with no known location
     # a photo with its own GPS reports that, not the guess
     assert gps["gps_source"] == "exif" and gps["lat"] == pytest.approx(48.8584, abs=1e-4)
-    assert gps["landmark"] == "Golden Gate Bridge"
+    # ... and the Golden Gate Bridge its pixels suggest is 8,950 km from it: withheld, and the record says why
+    assert gps["status"] == "no_known_landmark" and gps["landmark"] == "no known landmark" and gps["class"] is None
+    assert gps["note"].startswith("landmark withheld: pixels say Golden Gate Bridge") and "km from it" in gps["note"]
+    assert gps["top_k"][0]["class"] == "09.Golden_Gate_Bridge"  # what the pixels said is kept
     assert empty["status"] == "error" and "empty file" in empty["error"] and empty["top_k"] == []
 
 
