@@ -5,6 +5,7 @@ PhotoPrism's rule (the nearest photo in time that has a place, within 36 h), in 
     python benchmarks/bench_locate.py                          # runs/base/transfer_exported.pt, seed 2025
     python benchmarks/bench_locate.py --sweep-gap              # + the project's method at several --max-gap
                                                                # (same flags as its main run, each on a fresh copy)
+    python benchmarks/bench_locate.py --together "Canon EOS 80D=Apple iPhone 12"   # + a row with that user hint
     python benchmarks/bench_locate.py --model M --seed 7 --scale 0.5 --work /tmp/sim --keep
 
 Each ``tag`` runs on its own copy of the library (what one run writes is never read by another). The project's
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--sweep-gap", action="store_true", help="also run the project's method at each --gaps")
     parser.add_argument("--gaps", default=DEFAULT_GAPS, help=f"--max-gap values to sweep (default {DEFAULT_GAPS})")
+    parser.add_argument("--together", action="append", default=[], metavar="CAMERA=GPS_DEVICE",
+                        help="also run the project's method with this user hint (tag --together), as a row of its own")
     parser.add_argument("--no-write", action="store_true",
                         help="the project's run without --sidecar --write-into-photo")
     args = parser.parse_args(argv)
@@ -375,6 +378,18 @@ def run(args, work: Path, load_before: float) -> int:
                                    "location_sources": sources, "wrong": wrong_list(truth, places),
                                    "breakdown": breakdown(truth, places)}
         rows.append(row_of("this project", results["this project"]["metrics"], changes, seconds))
+        if args.together:
+            lib_t = work / "lib_together"
+            shutil.copytree(library, lib_t)
+            hints = [a for spec in args.together for a in ("--together", spec)]
+            tag_rows, seconds, cmd = run_tag(lib_t, args.model, work / "together.csv", extra + hints)
+            places, names = placements(tag_rows)
+            changes = gps_changes(before, read_exif(lib_t))
+            name = "this project + --together"
+            results[name] = {"command": cmd.replace(str(gpx), "tracks/" + gpx.name),
+                             "metrics": evaluate(truth, places, names), **changes, "wrong": wrong_list(truth, places),
+                             "breakdown": breakdown(truth, places)}
+            rows.append(row_of(name, results[name]["metrics"], changes, seconds))
     else:
         results["this project"] = {"not_run": "this checkout's tag has no --track (the library pass is not there)"}
         print("this project: not run (tag has no --track in this checkout)")
