@@ -258,6 +258,22 @@ def wrong_list(truth: dict, places: dict, limit: int = 40) -> list[dict]:
     return sorted(found, key=lambda w: -w["km"])[:limit]
 
 
+def unplaced_reasons(truth: dict, rows: dict[str, dict]) -> dict[str, int]:
+    """Why the GPS-less photos with a capture time got no place: the CSV's ``location_note`` (serials, file names
+    and numbers blanked so that the same reason counts once), per device."""
+    import re  # noqa: PLC0415 - only here
+
+    out: dict[str, int] = {}
+    for path, t in truth.items():
+        row = rows.get(path, {})
+        if t["has_gps"] or not t["time_usable"] or row.get("location_source") not in ("", "none", None):
+            continue
+        note = re.sub(r"#\S+|\S+\.JPG|\d+(\.\d+)?", "#", (row.get("location_note") or "no note").split(";")[0])
+        key = f"{t['device_key']}: {note}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def row_of(method: str, m: dict, changes: dict | None, seconds: float | None) -> dict:
     def fmt(v, suffix=""):
         return "n/a" if v is None else f"{v}{suffix}"
@@ -376,6 +392,7 @@ def run(args, work: Path, load_before: float) -> int:
             sources[row.get("location_source", "")] = sources.get(row.get("location_source", ""), 0) + 1
         results["this project"] = {"command": cmd, "metrics": evaluate(truth, places, names), **changes,
                                    "location_sources": sources, "wrong": wrong_list(truth, places),
+                                   "unplaced_reasons": unplaced_reasons(truth, tag_rows),
                                    "breakdown": breakdown(truth, places)}
         rows.append(row_of("this project", results["this project"]["metrics"], changes, seconds))
         if args.together:
@@ -388,6 +405,7 @@ def run(args, work: Path, load_before: float) -> int:
             name = "this project + --together"
             results[name] = {"command": cmd.replace(str(gpx), "tracks/" + gpx.name),
                              "metrics": evaluate(truth, places, names), **changes, "wrong": wrong_list(truth, places),
+                             "unplaced_reasons": unplaced_reasons(truth, tag_rows),
                              "breakdown": breakdown(truth, places)}
             rows.append(row_of(name, results[name]["metrics"], changes, seconds))
     else:
