@@ -438,6 +438,21 @@ def _decide_together(sessions: list[Session], opts) -> None:
             if others:
                 s.together = True
                 s.detail += f"; as in its session of {os.path.basename(others[0].paths[0])} at home"
+    for s in sessions:  # abroad, a device that travelled with the GPS device before (shown by a landmark on an
+        # earlier trip) and whose clock now lines up sharply with it again: its history is evidence (a camera left
+        # at home lines up, if at all, by coincidence: no sharp peak)
+        if s.offset_s is None or s.together or not s.away or not s.interleave_ok:
+            continue
+        if s.similar_gain is not None and s.similar_gain < 0:  # its photos look less like the GPS photos of the
+            continue                                           # hours than like those from elsewhere
+        if not (s.known or s.offset_kind in ("clear", "trip")):
+            continue
+        trips = [o for o in by_device[s.device] if o is not s and o.together and o.away and o.landmark_ok
+                 and o.gps_device == s.gps_device]
+        if trips:
+            s.together = s.corroborated = True
+            s.detail += (f"; it travelled with {s.gps_device} before (its session of "
+                         f"{os.path.basename(trips[0].paths[0])}: a landmark where the GPS photos were)")
     for _ in range(len(sessions)):  # a trip: adjacent sessions of the same device shown to be there
         changed = False
         for device_sessions in by_device.values():
