@@ -326,6 +326,22 @@ def _history(sessions: list[Session], cands_by_session, opts) -> None:
                             f"{os.path.basename(ref.paths[0])} ({matched[k]:.0f} of {len(s.paths)} photos within "
                             f"{format_gap(opts.match_window_s)} of {g.device}'s)")
                 break
+        if s.grid_min is not None or ref.gps_device not in {g.device for g in cands_by_session[i]}:
+            continue
+        # its habit: a clock that was on the GPS device's local time in its clear sessions (set to local time,
+        # summer time included) is on it now too, when that offset fits as well as any other
+        g_ref = next(g for g in cands_by_session[i] if g.device == ref.gps_device)
+        if ref.grid_min != _local_offset(ref.times, g_ref):
+            continue
+        local = _local_offset(s.times, g_ref)
+        hit = np.flatnonzero(GRID_MIN == local)
+        score, matched, _ = s.scores[g_ref.device]
+        if len(hit) and matched[hit[0]] >= 1 and score[hit[0]] >= float(score.max()):
+            _set_offset(s, g_ref, int(local), opts)
+            s.offset_support, s.offset_kind = float(matched[hit[0]]), "history"
+            s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)}: on {g_ref.device}'s local time, as in its "
+                        f"session of {os.path.basename(ref.paths[0])} ({matched[hit[0]]:.0f} of {len(s.paths)} photos "
+                        f"within {format_gap(opts.match_window_s)} of {g_ref.device}'s)")
 
 
 def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | None, opts) -> float | None:
