@@ -386,7 +386,8 @@ def cluster_main(args: argparse.Namespace, fmt: RowFormat) -> int:
     rate = f", {new / summary.seconds:.1f} photos/s" if new and summary.seconds > 0 else ""
     print(f"{summary.total} photos: {summary.tagged} tagged ({summary.tagged - summary.no_landmark} with a landmark, "
           f"{summary.no_landmark} no known landmark), {summary.skipped} already done, {summary.errors} failed{rate} "
-          f"-> {Path(args.out) / RESULTS_CSV}")
+          f"-> {Path(args.out) / RESULTS_CSV}" + (f" (first result after {summary.first_result_s:.0f} s)"
+                                                     if summary.first_result_s is not None else ""))
     return 0 if summary.errors == 0 else 1
 
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -30,9 +29,10 @@ from src.predictor import export_torchscript, make_predictor
 from src.tagging import CSV_COLUMNS, read_existing_rows, record_to_row, rows_to_csv, tag_folder
 from src.transfer import TransferModel
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("onnxruntime")
+ray = pytest.importorskip("ray")  # the cluster extra: pip install .[cluster]
+pq = pytest.importorskip("pyarrow.parquet")
 psutil = pytest.importorskip("psutil")
+pytest.importorskip("onnxruntime")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MEAN, STD = [0.48, 0.45, 0.41], [0.23, 0.22, 0.24]
