@@ -35,6 +35,7 @@ from .helpers import atomic_write_text, ensure_writable_dir, sweep_stale_tempora
 from .index import index_path_for
 from .metadata import MetadataError, check_exiftool, read_exif_gps, update_metadata
 from .pipeline import decode_for_batch, error_line
+from .placing import PlacingOptions, classes_from_rows, place_rows, placing_from_args
 from .recognizer import Recognizer
 
 DONE_STATUSES = ("ok", "no_known_landmark")  # as tag: rows kept on a rerun when decided the same way
@@ -294,15 +295,22 @@ class _FirstResult:
 # --------------------------------------------------------------------------------------------------------------
 
 def metadata_from_results(results: str | os.PathLike, fmt: RowFormat, sidecar: bool = True,
-                          into_photo: bool = False) -> dict:
-    """Write (or remove) our metadata of the results' photos that are on this machine, with ``tag``'s writer
-    (:func:`src.metadata.update_metadata`), and record it in ``RESULTS/tags.csv`` (column ``metadata``).
+                          into_photo: bool = False, placing: PlacingOptions | None = None) -> dict:
+    """Place the results' photos from the library's own evidence (``tag``'s library pass, :mod:`src.placing`,
+    when they are a folder on this machine and ``placing`` is given), then write (or remove) our metadata of the
+    photos that are here with ``tag``'s writer (:func:`src.metadata.update_metadata`), and record both in
+    ``RESULTS/tags.csv``.
 
     Returns counts: outcome word -> photos, plus ``"not local"`` and ``"failed"``."""
     results = Path(results)
     job = read_job(results)
     out = results / RESULTS_CSV
     rows = fmt.read_rows(out)
+    if placing is not None and job["kind"] == "folder":
+        folder = Path(job["folder"])
+        photos = [folder / name for name in sorted(rows) if (folder / name).is_file()]
+        summary = place_rows(folder, rows, photos, classes_from_rows(rows.values()), placing)
+        print(summary.describe())
     targets = {t for t, on in (("sidecar", sidecar), ("photo", into_photo)) if on}
     if targets:
         check_exiftool()
@@ -314,8 +322,8 @@ def metadata_from_results(results: str | os.PathLike, fmt: RowFormat, sidecar: b
             row = rows[name]
             earlier = {t for t in row.get("metadata", "").split("+") if t}
             wanted = targets | earlier
-            if row["status"] == "error" or not wanted or (row["status"] != "ok" and not earlier):
-                continue
+            if row["status"] == "error" or not wanted or (row["status"] != "ok" and not row.get("lat") and not earlier):
+                continue  # nothing to write (no landmark, no place) and nothing of ours to remove
             photo = local_photo(job, name)
             if photo is None:
                 counts["not local"] = counts.get("not local", 0) + 1
@@ -370,9 +378,8 @@ def require_tag_arguments(args: argparse.Namespace) -> None:
 
 def cluster_main(args: argparse.Namespace, fmt: RowFormat) -> int:
     if args.from_results:
-        if not (args.sidecar or args.write_into_photo):
-            raise ValueError("--from-results writes metadata: give --sidecar and/or --write-into-photo")
-        counts = metadata_from_results(args.from_results, fmt, sidecar=args.sidecar, into_photo=args.write_into_photo)
+        counts = metadata_from_results(args.from_results, fmt, sidecar=args.sidecar, into_photo=args.write_into_photo,
+                                       placing=placing_from_args(args))
         words = ", ".join(f"{n} {word}" for word, n in sorted(counts.items())) or "nothing to write"
         print(f"metadata from {args.from_results}: {words}")
         return 1 if counts.get("failed") else 0

@@ -107,6 +107,25 @@ def save_sketches(path: Path, model: str, sketches: Mapping[str, np.ndarray]) ->
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def classes_from_rows(rows) -> dict[str, dict]:
+    """The landmarks a results CSV's rows name, by class key (for the library pass without the model: ``tag
+    --from-results``): from ``landmarks.json``, else from the row that named it."""
+    classes: dict[str, dict] = {}
+    for row in rows:
+        key = row.get("candidate") or ""
+        if not key or key in classes:
+            continue
+        info = landmark_info(key)
+        if info is not None:
+            classes[key] = {"class": key, **{k: info.get(k) for k in ("name", "city", "country", "lat", "lon")}}
+        elif row.get("class") == key:  # an enrolled landmark: what the row says of it
+            here = row.get("gps_source") == "landmark" and row.get("lat") and row.get("lon")
+            classes[key] = {"class": key, "name": row.get("landmark") or key, "city": row.get("city") or None,
+                            "country": row.get("country") or None, "lat": float(row["lat"]) if here else None,
+                            "lon": float(row["lon"]) if here else None}
+    return classes
+
+
 def candidate_from_row(row: dict, classes: Mapping[str, dict]) -> LandmarkCandidate | None:
     """What the pixels said of a photo (its top landmark, confidence and the threshold), from its CSV row."""
     if row.get("status") == "error" or not row.get("prob"):

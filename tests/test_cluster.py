@@ -264,3 +264,24 @@ def test_a_killed_model_replica_is_restarted_and_every_photo_comes_out_once(ray_
     paths = [r["path"] for r in read_shards(results, ["path"])]
     assert len(paths) == 400 and len(set(paths)) == 400  # every photo exactly once, in the shards themselves
     assert len(csv_rows(results / RESULTS_CSV)) == 400
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
+def test_from_results_places_a_folders_photos_from_the_librarys_evidence_as_tag_does(ray_instance, model, tmp_path):
+    """The cluster decides the pixels; the local step runs tag's library pass (capture times, camera GPS) over the
+    folder: the same places, sources and evidence as tag on one machine."""
+    from test_placing import paris_day
+
+    library = paris_day(tmp_path / "lib")
+    together = ["--together", "Canon EOS 80D=Apple iPhone 12"]
+    results = tmp_path / "results"
+    assert cli(["tag", str(library), "--model", str(model), "--out", str(results), "--ray", ray_instance]) == 0
+    assert cli(["tag", "--from-results", str(results), *together]) == 0  # places only, no metadata asked
+    got = csv_rows(results / RESULTS_CSV)
+    assert cli(["tag", str(library), "--model", str(model), "--out", str(tmp_path / "plain.csv"), *together]) == 0
+    expected = csv_rows(tmp_path / "plain.csv")
+    assert got["camera/_MG_001.JPG"]["location_source"] == "time"
+    for name, row in expected.items():
+        for column in ("status", "lat", "lon", "location_source", "accuracy_m", "evidence"):
+            assert got[name][column] == row[column], (name, column)
+    assert not list(library.rglob("*.xmp"))
