@@ -370,6 +370,10 @@ def run(args, work: Path, load_before: float) -> int:
     shutil.copytree(library, lib_a)
     tag_rows, seconds, cmd = run_tag(lib_a, args.model, work / "pixels.csv", pixel_flags)
     places, names = placements(tag_rows)
+    facts["threshold"] = sorted({r.get("threshold", "") for r in tag_rows.values()} - {""})
+    facts["model_index_mtime"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(
+        Path(args.model).with_suffix(".index.npz").stat().st_mtime)) if Path(args.model).with_suffix(
+        ".index.npz").exists() else None
     changes = gps_changes(before, read_exif(lib_a))
     results["pixels only (today)"] = {"command": cmd, "metrics": evaluate(truth, places, names), **changes}
     rows.append(row_of("pixels only (today)", results["pixels only (today)"]["metrics"], changes, seconds))
