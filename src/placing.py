@@ -72,8 +72,8 @@ SKETCH_DIM = 256
 
 
 def embeddings_path(out: Path) -> Path:
-    """``tags.csv`` -> ``.tags.csv.embeddings.npz`` (hidden, beside the CSV)."""
-    return out.with_name(f".{out.name}.embeddings.npz")
+    """``tags.csv`` -> ``tags.csv.embeddings.npz`` (beside the CSV, like ``tags.csv.json``: kept between runs)."""
+    return out.with_name(f"{out.name}.embeddings.npz")
 
 
 @functools.lru_cache(maxsize=4)

@@ -50,7 +50,8 @@ OLD_STATUSES = {"low_confidence": "no_known_landmark"}
 
 
 def record_to_row(record: dict) -> dict[str, str]:
-    """A record as a CSV row of strings (``top_k``/``top_k_probs`` joined with ``|``)."""
+    """A record as a CSV row of strings (``top_k``/``top_k_probs`` joined with ``|``). ``prob`` and ``threshold``
+    with the 6 decimals the recogniser compares (the library pass re-derives the pixels' decision from them)."""
     def fmt(value, digits=None):
         if value is None:
             return ""
@@ -58,12 +59,12 @@ def record_to_row(record: dict) -> dict[str, str]:
 
     return {
         "path": record["path"], "status": record["status"], "landmark": fmt(record["landmark"]),
-        "class": fmt(record["class"]), "prob": fmt(record["prob"], 4), "city": fmt(record["city"]),
+        "class": fmt(record["class"]), "prob": fmt(record["prob"], 6), "city": fmt(record["city"]),
         "country": fmt(record["country"]), "lat": fmt(record["lat"], 6 if record["gps_source"] == "exif" else 4),
         "lon": fmt(record["lon"], 6 if record["gps_source"] == "exif" else 4), "gps_source": fmt(record["gps_source"]),
         "top_k": "|".join(e["name"] for e in record["top_k"]),
         "top_k_probs": "|".join(f"{e['prob']:.4f}" for e in record["top_k"]),
-        "error": fmt(record["error"]), "threshold": fmt(record.get("threshold"), 4),
+        "error": fmt(record["error"]), "threshold": fmt(record.get("threshold"), 6),
         "method": fmt(record.get("method")),
         "candidate": record["top_k"][0]["class"] if record["top_k"] else "",
     }

@@ -212,7 +212,7 @@ def test_pixel_sketches_keep_similarities_and_belong_to_their_model(tmp_path):
     assert abs(cos(sa, sb) - cos(a, b)) < 0.15 and abs(cos(sa, sc) - cos(a, c)) < 0.15
     assert cos(sa, sb) > cos(sa, sc) + 0.4
     path = embeddings_path(tmp_path / "tags.csv")
-    assert path.name == ".tags.csv.embeddings.npz"
+    assert path.name == "tags.csv.embeddings.npz"
     save_sketches(path, "model-a", {"x.jpg": sketch(a), "y.jpg": sketch(b)})
     kept = load_sketches(path, "model-a")
     assert sorted(kept) == ["x.jpg", "y.jpg"] and np.array_equal(kept["x.jpg"], sketch(a))
