@@ -33,7 +33,11 @@ from .neighbours import Anchors, format_gap
 if TYPE_CHECKING:
     from .locate import LocateOptions
 
-GRID_MIN = np.arange(-12 * 60, 14 * 60 + 1, 15)      # every UTC offset in use is on this grid
+# The UTC offsets time zones use (IANA tz database, standard and summer time): a camera clock set by a person is
+# on one of them; an offset between them (-10:45) would be a chance alignment, not a clock setting.
+GRID_MIN = np.array([h * 60 for h in range(-12, 15)] + [-570, -210, 210, 270, 330, 345, 390, 525, 570, 630, 765],
+                    dtype=np.int64)
+GRID_MIN.sort()
 SHIFTS_MIN = np.arange(-3 * 60, 3 * 60 + 1, 15)      # a known clock's chance level: the same photos shifted
 RIVAL_MIN = 45                # offsets this far from the best count as a different hypothesis
 LANDMARK_WEIGHT = 3           # a confident landmark where the GPS device was is worth 3 matched photos
@@ -194,6 +198,19 @@ def _local_offset(times: np.ndarray, g: Anchors) -> float:
     return float(values[np.argmax(counts)])
 
 
+UNUSUAL_SUPPORT = 2  # times min_support: what a clock offset no zone of the GPS device's explains must show
+
+
+def _usual(offset_min: int, g: Anchors) -> bool:
+    """Whether a camera clock on ``offset_min`` is one a person sets: a zone the GPS device was in at some time
+    (local time now, home time, an earlier trip's), or an hour off one (summer time not switched)."""
+    zones = g.offset_min[~np.isnan(g.offset_min)]
+    if not len(zones):
+        return True  # nothing known of its zones: nothing unusual
+    d = np.abs(zones - offset_min)
+    return bool(np.any((d < 1) | (np.abs(d - 60) < 1)))
+
+
 def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
             opts) -> tuple[int, str, np.ndarray | None]:
     """The best grid offset, how it was accepted ("clear", "same place" or "" = not) and the photos' spread.
@@ -207,7 +224,9 @@ def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
     ties = np.flatnonzero(score == top)
     best = int(ties[np.argmin(np.abs(GRID_MIN[ties] - _local_offset(times, g)))])
     if _clear(GRID_MIN, score, best, opts)[0] or _clear(GRID_MIN, plain, best, opts)[0]:
-        return best, "clear", np.zeros(len(times))
+        if _usual(GRID_MIN[best], g) or top >= UNUSUAL_SUPPORT * opts.min_support:
+            return best, "clear", np.zeros(len(times))
+        return best, "", None  # a zone the owner's GPS device was never in, on a few photos: a chance alignment
     if top < opts.min_support:
         return best, "", None
     rivals = np.flatnonzero(score >= top - max(opts.min_margin, 0.25 * top))

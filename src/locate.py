@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .clocks import Session, build_sessions, decide_sessions
+from .clocks import GRID_MIN, Session, build_sessions, decide_sessions
 from .evidence import PhotoEvidence
 from .geo import distance_m, format_km, haversine_m
 from .landmarks import display_name, landmark_info, landmark_radius_m, place_contradicts
@@ -130,14 +130,14 @@ def _from_pixels(cand: LandmarkCandidate | None, opts: LocateOptions, note: str,
     return p
 
 
-# A photo the time cannot place may still be placed by its landmark alone, unless the GPS photos of those hours
-# all say the owner was far from it: then the pixels are more likely wrong than the owner's whereabouts.
-CONTRADICT_WINDOW_S = 6 * 3600.0   # around the photo's instant (or every instant its unknown clock allows)
-CONTRADICT_SLACK_M = 50_000.0      # beyond the landmark's radius: a day trip from where the GPS photos are
+# A photo the time cannot place may still be placed by its landmark alone, unless the GPS photos before and after
+# it say the owner could not have been there then, even by air: then the pixels are wrong, not the whereabouts.
+TRAVEL_MPS = 111.0                 # 400 km/h door to door: a flight with the airports at both ends
+CONTRADICT_SLACK_M = 50_000.0      # beyond the landmark's radius: the GPS photos' own surroundings
 
 
 class _Whereabouts:
-    """Every GPS photo of the library (all devices), by instant: where the owner was, hour by hour."""
+    """Every GPS photo of the library (all devices), by instant: where the owner was, and when."""
 
     def __init__(self, anchors: Mapping[str, Anchors]):
         secs = [a.secs for a in anchors.values()]
@@ -147,19 +147,26 @@ class _Whereabouts:
         self.lon = np.concatenate([a.lon for a in anchors.values()])[order] if secs else np.zeros(0)
 
     def contradiction(self, cand: LandmarkCandidate | None, secs: float, known: bool) -> str:
-        """A note when every GPS photo of the hours around ``secs`` is far from the landmark, else ``""``."""
-        if cand is None or cand.lat is None or not len(self.secs):
+        """A note when the owner cannot have been at the landmark at the photo's instant (for an unknown clock:
+        at any instant its clock allows) given the GPS photos just before and after it, else ``""``."""
+        n = len(self.secs)
+        if cand is None or cand.lat is None or not n:
             return ""
-        lo, hi = (secs - CONTRADICT_WINDOW_S, secs + CONTRADICT_WINDOW_S) if known else (
-            secs - 14 * 3600.0 - CONTRADICT_WINDOW_S, secs + 12 * 3600.0 + CONTRADICT_WINDOW_S)
-        a, b = np.searchsorted(self.secs, lo), np.searchsorted(self.secs, hi, side="right")
-        if a == b:
-            return ""  # nothing known of those hours: the pixels alone, as for a scan
-        nearest = float(np.min(haversine_m(cand.lat, cand.lon, self.lat[a:b], self.lon[a:b])))
-        if nearest <= cand.radius_m + CONTRADICT_SLACK_M:
+        instants = np.array([secs]) if known else secs - GRID_MIN * 60.0
+        dist = np.maximum(haversine_m(cand.lat, cand.lon, self.lat, self.lon) - cand.radius_m - CONTRADICT_SLACK_M,
+                          0.0)
+        after = np.searchsorted(self.secs, instants)          # first GPS photo at or after each instant
+        before = after - 1
+        ok_before = (before < 0) | (dist[np.clip(before, 0, n - 1)] <=
+                                    TRAVEL_MPS * (instants - self.secs[np.clip(before, 0, n - 1)]))
+        ok_after = (after >= n) | (dist[np.clip(after, 0, n - 1)] <=
+                                   TRAVEL_MPS * (self.secs[np.clip(after, 0, n - 1)] - instants))
+        if (ok_before & ok_after).any():
             return ""
-        return (f"landmark withheld: pixels say {cand.name} ({cand.confidence:.2f}) but every GPS photo of those "
-                f"hours is {format_km(nearest)} or more from it")
+        i = int(np.clip(after[0] if known else after[len(after) // 2], 0, n - 1))
+        far = float(haversine_m(cand.lat, cand.lon, self.lat[i], self.lon[i]))
+        return (f"landmark withheld: pixels say {cand.name} ({cand.confidence:.2f}) but the GPS photos before and "
+                f"after it leave no time to get there (one is {format_km(far)} from it)")
 
 
 def _from_pixels_checked(cand: LandmarkCandidate | None, opts: LocateOptions, note: str, used: list,

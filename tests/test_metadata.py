@@ -333,8 +333,8 @@ def test_tag_command_writes_updates_and_removes_metadata_end_to_end(tmp_path):
     sidecar_path(photos / "holiday.jpg").write_text(DARKTABLE_SIDECAR, encoding="utf-8")
     make_photo(photos / "IMG_1.png", 3, fmt="PNG")
     (photos / "IMG_1.xmp").write_text(DARKTABLE_SIDECAR, encoding="utf-8")
-    exif = Image.Exif()
-    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 30.24), 3: "E", 4: (2.0, 17.0, 40.2)}
+    exif = Image.Exif()  # the camera's own GPS, 1.4 km from the bridge's point (a photo of it, from the Presidio)
+    exif[0x8825] = {1: "N", 2: (37.0, 48.0, 28.8), 3: "W", 4: (122.0, 28.0, 30.0)}
     make_photo(photos / "camera.jpg", 4, exif=exif)
     (photos / "broken.jpg").write_bytes(b"")
     pixels_before = {p.name: pixels(p) for p in photos.glob("*.[jp][pn]g") if p.stat().st_size}
@@ -360,7 +360,7 @@ def test_tag_command_writes_updates_and_removes_metadata_end_to_end(tmp_path):
     assert read_back(photos / "IMG_1.xmp")["XMP-photoshop:Country"] == "United States"
     assert not sidecar_path(photos / "IMG_1.png").exists()  # Lightroom's sidecar was used, not a second one
     camera = read_back(sidecar_path(photos / "camera.jpg"))
-    assert float(camera["XMP-exif:GPSLatitude"]) == pytest.approx(48.8584, abs=1e-4)
+    assert float(camera["XMP-exif:GPSLatitude"]) == pytest.approx(37.808, abs=1e-4)
     assert not sidecar_path(photos / "broken.jpg").exists()
 
     sidecars = {p.name: sha(p) for p in photos.glob("*.xmp")}
@@ -373,7 +373,7 @@ def test_tag_command_writes_updates_and_removes_metadata_end_to_end(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(pixels(photos / name), before)), name
         assert read_back(photos / name)["XMP-photoshop:City"] == "San Francisco", name
     assert "XMP-exif:GPSLatitude" not in read_back(photos / "camera.jpg")
-    assert read_exif_gps(photos / "camera.jpg") == pytest.approx((48.8584, 2.2945), abs=1e-4)
+    assert read_exif_gps(photos / "camera.jpg") == pytest.approx((37.808, -122.475), abs=1e-4)
 
     gone = tag("--min-prob", "0.9999")  # every decision changes to "no known landmark"
     assert "Traceback" not in gone.stderr and "removed" in gone.stdout, gone.stdout + gone.stderr[-2000:]
@@ -381,7 +381,7 @@ def test_tag_command_writes_updates_and_removes_metadata_end_to_end(tmp_path):
     for path in (sidecar_path(photos / "holiday.jpg"), photos / "IMG_1.xmp", photos / "plain.jpg"):
         assert_none_of_ours(read_back(path))
     assert read_back(sidecar_path(photos / "holiday.jpg"))["XMP-dc:Subject"] == ["holiday", "San Francisco", "1.50"]
-    assert read_exif_gps(photos / "camera.jpg") == pytest.approx((48.8584, 2.2945), abs=1e-4)
+    assert read_exif_gps(photos / "camera.jpg") == pytest.approx((37.808, -122.475), abs=1e-4)
 
     report = subprocess.run([sys.executable, "-m", "src", "report", str(out)], capture_output=True, text=True,
                             timeout=300, env=env)

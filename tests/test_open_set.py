@@ -450,7 +450,7 @@ def test_predict_tag_and_app_give_the_same_decision(calibrated, tmp_path, capsys
         app = classify_image_bytes(app_model, name, (photos / name).read_bytes(), k=3)
         p, t = predicted[name], tagged[name]
         assert p["status"] == t["status"] == ("ok" if app["known"] else "no_known_landmark"), name
-        assert (p["class"] or "") == t["class"] and f"{p['prob']:.4f}" == t["prob"]
+        assert (p["class"] or "") == t["class"] and f"{p['prob']:.6f}" == t["prob"]
         assert app["top"][0]["prob"] == pytest.approx(p["prob"], abs=1e-6)
         assert app["threshold"] == pytest.approx(p["threshold"])
     assert sum(r["status"] == "ok" for r in predicted.values()) == 3  # the landmarks, not the everyday photos
