@@ -191,10 +191,17 @@ def test_a_camera_photo_with_no_neighbour_within_the_max_gap_gets_no_place(tmp_p
                 "--max-gap", "5m"]) == 0
     rows = read_rows(out)
     assert rows["camera/_MG_001.JPG"]["location_source"] == "none"  # 6 and 14 min from the phone's photos
-    # without --together, one morning's interleaved shooting is not shown to be together: no place, and why
+    # without --together: all 4 camera photos within 10 min of the phone's at the phone's own time zone, and at no
+    # other zone, is a strong interleave: placed, and the evidence says how its clock was found
     assert cli(["tag", str(library), "--model", str(models["unsure"]), "--out", str(out)]) == 0
     camera = read_rows(out)["camera/_MG_001.JPG"]
-    assert camera["location_source"] == "none" and "not shown to be with" in camera["location_note"]
+    assert camera["location_source"] == "time" and "clock UTC+01:00 estimated from 4 of 4 photos" in camera["evidence"]
+    # and with the camera's photos shifted 5 h (a clock nobody sets), no zone lines them up: no place, and why
+    for path in sorted((library / "camera").glob("*.JPG")):
+        subprocess.run(["exiftool", "-q", "-overwrite_original", "-DateTimeOriginal+=5:0:0", str(path)], check=True)
+    assert cli(["tag", str(library), "--model", str(models["unsure"]), "--out", str(out)]) == 0
+    camera = read_rows(out)["camera/_MG_001.JPG"]
+    assert camera["location_source"] == "none" and camera["location_note"]
     assert cli(["tag", str(library), "--model", str(models["unsure"]), "--out", str(out), "--max-gap", "1h30"]) == 1
 
 
