@@ -41,7 +41,7 @@ class LandmarkCandidate:
 @dataclass
 class LocateOptions:
     """Knobs of :func:`locate_library`; the defaults are explained in docs/locate.md."""
-    max_gap_s: float = 2 * 3600.0            # a time neighbour further away than this gives nothing
+    max_gap_s: float = 3600.0                # a time neighbour further away than this gives nothing (bench_locate)
     max_speed_kmh: float = 300.0             # faster between two neighbours (a flight): the nearest, not between
     use_camera: bool = True
     use_time: bool = True

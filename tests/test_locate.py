@@ -118,7 +118,7 @@ def test_instants_not_wall_clocks_across_time_zones():
     assert r["/p/t2.JPG"].source == "time" and r["/p/t2.JPG"].evidence == "tokyo.JPG, 30 min earlier"
     assert (r["/p/t2.JPG"].lat, r["/p/t2.JPG"].lon) == TOKYO
     assert r["/p/odd.JPG"].source == "none" and r["/p/odd.JPG"].lat is None
-    assert r["/p/odd.JPG"].note == "no photo with GPS within 2 h"
+    assert r["/p/odd.JPG"].note == "no photo with GPS within 1 h"
 
 
 def test_gap_over_the_maximum_gives_no_place_and_the_option_moves_it():
