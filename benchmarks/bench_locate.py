@@ -16,7 +16,7 @@ Metrics (issue #21): of the photos without camera GPS that have a usable capture
 25 km of where they were taken, placed wrong (> 25 km), not placed, the median accuracy radius given; the same
 for the scans (no EXIF) and for the photos whose only time is absurd; known landmarks named right; photos without
 a known landmark given a landmark name, among photos with and without camera GPS; places that came from an
-absurd value; ``src.evidence.read_evidence``'s rate over the library. Assumptions: docs/locate.md ("The simulated library").
+absurd value; ``src.evidence.read_evidence``'s rate over the library. Assumptions: docs/locate.md.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
                                                               # /tmp/sim/truth.json
     python benchmarks/simlib.py /tmp/sim [--seed 2025] [--scale 1.0]
 
-What it holds (every assumption is listed in docs/locate.md ("The simulated library")): a phone (Apple iPhone 12) that writes GPS
+What it holds (every assumption is listed in docs/locate.md): a phone (Apple iPhone 12) that writes GPS
 with a few metres of noise, its time-zone offset and GPS time; a camera (Canon EOS 80D, serial number) that writes
 only its clock time (set to local time on trips, except one trip where it stayed on home time); a second person's
 camera (Nikon Z 50) that shoots with the phone on a few home days and stays at home during the Japan trip; scans
@@ -243,7 +243,7 @@ def build_library(out_dir: str | Path, seed: int = 2025, scale: float = 1.0, dat
         raw_files = [Path(r["SourceFile"]) for r in raw_rows]
         if raw_rows:
             run_exiftool(raw_rows, raw_files, Path(work), raw=True)
-    truth = {"about": "simulated photo library (benchmarks/simlib.py); every assumption in docs/locate.md ("The simulated library")",
+    truth = {"about": "simulated photo library (benchmarks/simlib.py); every assumption in docs/locate.md",
              "seed": seed, "scale": scale, "library": "library", "tracks": [gpx.relative_to(out).as_posix()],
              "home": {"name": "Munich", "lat": HOME[0], "lon": HOME[1], "zone": HOME_ZONE},
              "devices": {k: asdict(d) for k, d in DEVICES.items()},

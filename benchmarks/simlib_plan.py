@@ -1,6 +1,6 @@
 """The story of the simulated library (:mod:`simlib`): the devices, the year's trips and days, who shoots what,
 when and where. :class:`Planner` plans every shot (device, true instant, true place, what it shows) before
-:mod:`simlib` writes any file; every assumption is listed in docs/locate.md ("The simulated library").
+:mod:`simlib` writes any file; every assumption is listed in docs/locate.md.
 """
 from __future__ import annotations
 
