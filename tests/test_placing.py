@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
+from test_tagging import CLASSES, MEAN, STD, TinyNet
 from src.__main__ import main as cli
 from src.locate import LocateOptions
 from src.placing import PlacingOptions
@@ -23,39 +23,23 @@ from src.tagging import tag_folder
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None,
                                 reason="exiftool not installed (apt-get install libimage-exiftool-perl)")
 
-CLASSES = ["09.Golden_Gate_Bridge", "16.Eiffel_Tower", "07.My_Back_Garden"]
 PARIS = (48.8566, 2.3522)
 # A one-morning library cannot show that the camera was with the phone (no landmark agreement, no history, no
 # pixels: the tiny model has no embeddings); the user says so, as --together does on the command line.
 TOGETHER = PlacingOptions(locate=LocateOptions(together={"Canon EOS 80D": "Apple iPhone 12"}))
 
 
-class TinyNet(nn.Module):
-    """A real small CNN; ``favour`` makes one class win on every photo, None leaves it unsure of all."""
-
-    def __init__(self, favour: int | None = None):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(4, len(CLASSES))
-        with torch.no_grad():
-            self.fc.weight.mul_(0.01)
-            self.fc.bias.zero_()
-            if favour is not None:
-                self.fc.bias[favour] = 8.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
+    """``golden_gate`` (the Golden Gate Bridge, p > 0.99, for every photo) and ``unsure`` (a third for each class:
+    "no known landmark" everywhere), real small CNNs exported as tag uses them."""
     folder = tmp_path_factory.mktemp("models")
-    out = {}
-    for name, favour in (("unsure", None), ("golden_gate", 0)):
-        out[name] = folder / f"{name}.pt"
-        export_torchscript(Predictor(TinyNet(favour), CLASSES, [0.5] * 3, [0.25] * 3, img_size=32, arch="scratch"),
-                           out[name])
+    unsure = TinyNet(favour=2)
+    with torch.no_grad():
+        unsure.fc.bias.zero_()
+    out = {"golden_gate": folder / "golden_gate.pt", "unsure": folder / "unsure.pt"}
+    for name, net in (("golden_gate", TinyNet(favour=0)), ("unsure", unsure)):
+        export_torchscript(Predictor(net, CLASSES, MEAN, STD, img_size=32, arch="scratch"), out[name])
     return out
 
 
