@@ -1,29 +1,22 @@
-"""Whose camera, and on which clock: per device and session, the offset of its clock to UTC and whether it was
-with a GPS device, from the evidence of the library itself.
+"""On which clock: per device and session, the offset of its clock to UTC, from the evidence of the library itself
+(whose camera it was, at that offset, is :mod:`src.company`).
 
 A *session* is a run of one device's photos (without their own GPS) with no pause over ``session_gap_s``. For a
-device whose photos carry no UTC offset, candidate offsets on a 15-minute grid from -12 h to +14 h are scored
-against each GPS device's photos: ``score = matched + LANDMARK_WEIGHT * (agree - disagree)``, where ``matched``
-counts the session's photos with a GPS photo within ``match_window_s`` at that offset and ``agree``/``disagree``
-its confident landmarks near / far from where the GPS device was. The *clear winner rule*: the best offset's score
-is at least ``min_support`` and beats every offset 45 min or more away by at least ``max(min_margin, 25 % of the
-score)`` (a chance alignment of unrelated shooting gives a broad plateau or several peaks, not one clear peak). A
-session without a clear winner takes its device's offset from the nearest session that had one when that offset
-scores as well as the best (its history) and has some support; otherwise its photos get no place.
-
-*Together*: a session is placed from a GPS device only when it was with it: the same device, the user's
-``together`` mapping, or evidence: at home (a place where the GPS devices spend many days) the interleaving
-(same clear-peak rule at the known or estimated offset) or a landmark agreement or similar scenes suffice; away
-from home interleaving alone is not enough: it needs a landmark agreement, similar scenes (the pixels), or an
-adjacent session of the same device (within ``adjacent_gap_s``) that was shown to be on the same trip.
+device whose photos carry no UTC offset, the offsets time zones use are scored against each GPS device's photos:
+``score = matched + LANDMARK_WEIGHT * (agree - disagree)``, where ``matched`` counts the session's photos with a GPS
+photo within ``match_window_s`` at that offset and ``agree``/``disagree`` its confident landmarks near / far from
+where the GPS device was. The *clear winner rule*: the best offset's score is at least ``min_support`` and beats
+every offset 45 min or more away by at least ``max(min_margin, 25 % of the score)`` (a chance alignment of
+unrelated shooting gives a broad plateau or several peaks, not one clear peak). A session without a clear winner
+takes its trip's pooled offset, or its device's history (its nearest clear session's offset, or the GPS device's
+local time for a camera set to local time) when that scores as well as the best; otherwise its photos get no place.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,7 +24,7 @@ from .geo import haversine_m
 from .neighbours import Anchors, format_gap
 
 if TYPE_CHECKING:
-    from .locate import LocateOptions
+    pass
 
 # The UTC offsets time zones use (IANA tz database, standard and summer time): a camera clock set by a person is
 # on one of them; an offset between them (-10:45) would be a chance alignment, not a clock setting.
@@ -94,36 +87,7 @@ def build_sessions(photos: list[tuple[str, str, float, bool]], gap_s: float) -> 
     return sessions
 
 
-class Home:
-    """Where the GPS devices spend many days: 0.5-degree cells (with their neighbours) holding GPS photos on at least
-    ``max(min_days, share * the busiest cell's days)`` distinct days."""
-
-    def __init__(self, anchors: list[Anchors], min_days: int = 3, share: float = 0.5):
-        days: dict[tuple[int, int], set] = defaultdict(set)
-        for a in anchors:
-            cells = zip(np.floor(a.lat / HOME_CELL_DEG).astype(int).tolist(),
-                        np.floor(a.lon / HOME_CELL_DEG).astype(int).tolist(), (a.secs // 86400).astype(int).tolist())
-            for cy, cx, day in cells:
-                days[(cy, cx)].add(day)
-        self._days = days
-        self._cache: dict[tuple[int, int], int] = {}
-        busiest = max((self._count(c) for c in days), default=0)
-        self.threshold = max(min_days, share * busiest)
-
-    def _count(self, cell: tuple[int, int]) -> int:
-        if cell not in self._cache:
-            union: set = set()
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    union |= self._days.get((cell[0] + dy, cell[1] + dx), set())
-            self._cache[cell] = len(union)
-        return self._cache[cell]
-
-    def contains(self, lat: float, lon: float) -> bool:
-        return self._count((math.floor(lat / HOME_CELL_DEG), math.floor(lon / HOME_CELL_DEG))) >= self.threshold
-
-
-def _landmark_counts(times: np.ndarray, lm: list[tuple[int, float, float, float]], g: Anchors,
+def landmark_counts(times: np.ndarray, lm: list[tuple[int, float, float, float]], g: Anchors,
                      offsets_s: np.ndarray, max_gap_s: float, max_speed_mps: float) -> tuple[np.ndarray, np.ndarray]:
     """Per offset: how many of the session's confident landmarks lie where ``g`` was (agree) / far from it."""
     if not lm or not len(g):
@@ -138,15 +102,15 @@ def _landmark_counts(times: np.ndarray, lm: list[tuple[int, float, float, float]
     return agree.sum(1).astype(float), disagree.sum(1).astype(float)
 
 
-def _scores(times, lm, g, offsets_s, opts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def offset_scores(times, lm, g, offsets_s, opts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per offset: (score, matched, agree, disagree)."""
     _, gap = g.nearest(times[None, :] - offsets_s[:, None])
     matched = (gap <= opts.match_window_s).sum(1).astype(float)
-    agree, disagree = _landmark_counts(times, lm, g, offsets_s, opts.max_gap_s, opts.max_speed_kmh / 3.6)
+    agree, disagree = landmark_counts(times, lm, g, offsets_s, opts.max_gap_s, opts.max_speed_kmh / 3.6)
     return matched + LANDMARK_WEIGHT * (agree - disagree), matched, agree, disagree
 
 
-def _clear(offsets_min: np.ndarray, score: np.ndarray, best: int, opts) -> tuple[bool, float]:
+def clear_peak(offsets_min: np.ndarray, score: np.ndarray, best: int, opts) -> tuple[bool, float]:
     """The clear winner rule for ``best`` (an index); returns (clear, best score of the rivals)."""
     far = np.abs(offsets_min - offsets_min[best]) >= RIVAL_MIN
     rival = float(score[far].max()) if far.any() else 0.0
@@ -164,7 +128,7 @@ def _matches(pattern: str, device: str) -> bool:
     return pattern.strip().lower() in device.lower()
 
 
-def _candidates(session: Session, anchors: dict[str, Anchors], opts) -> tuple[list[Anchors], bool]:
+def gps_candidates(session: Session, anchors: dict[str, Anchors], opts) -> tuple[list[Anchors], bool]:
     """The GPS devices this session may have been with, and whether the user's mapping named them."""
     for pattern, gps_pattern in (opts.together or {}).items():
         if _matches(pattern, session.device):
@@ -223,7 +187,7 @@ def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
     top = float(score.max())
     ties = np.flatnonzero(score == top)
     best = int(ties[np.argmin(np.abs(GRID_MIN[ties] - _local_offset(times, g)))])
-    if _clear(GRID_MIN, score, best, opts)[0] or _clear(GRID_MIN, plain, best, opts)[0]:
+    if clear_peak(GRID_MIN, score, best, opts)[0] or clear_peak(GRID_MIN, plain, best, opts)[0]:
         if _usual(GRID_MIN[best], g) or top >= UNUSUAL_SUPPORT * opts.min_support:
             return best, "clear", np.zeros(len(times))
         return best, "", None  # a zone the owner's GPS device was never in, on a few photos: a chance alignment
@@ -235,12 +199,12 @@ def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
     return (best, "same place", spread) if float(spread.max()) <= AMBIGUOUS_M else (best, "", None)
 
 
-def _estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
+def estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
     """Pass 1: per GPS device, the best offset if accepted (:func:`_accept`); the best-scoring accepted one wins."""
     offsets_s = GRID_MIN * 60.0
     best_pick = None
     for g in cands:
-        score, matched, _, disagree = _scores(s.times, lm, g, offsets_s, opts)
+        score, matched, _, disagree = offset_scores(s.times, lm, g, offsets_s, opts)
         plain = matched - LANDMARK_WEIGHT * disagree
         s.scores[g.device] = (score, matched, plain)
         best, how, spread = _accept(score, plain, s.times, g, opts)
@@ -255,7 +219,7 @@ def _estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
                     + ("" if how == "clear" else " (other offsets put them at the same place)"))
 
 
-def _pool_trips(sessions: list[Session], cands_by_session, opts) -> None:
+def pool_trips(sessions: list[Session], cands_by_session, opts) -> None:
     """Pass 1b: a device's sessions without an accepted offset, pooled with its sessions within ``adjacent_gap_s``
     (one trip, one clock setting): the pooled scores decide, for each session whose own scores do not prefer
     another offset."""
@@ -321,7 +285,7 @@ def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
     s.offset_s = offset
 
 
-def _history(sessions: list[Session], cands_by_session, opts) -> None:
+def offset_from_history(sessions: list[Session], cands_by_session, opts) -> None:
     """Pass 2: an unclear session takes its device's offset from the nearest clear session when that offset scores
     as well as the best one (a camera keeps its clock until someone sets it; ties go to its history)."""
     clear_by_device: dict[str, list[Session]] = defaultdict(list)
@@ -361,166 +325,3 @@ def _history(sessions: list[Session], cands_by_session, opts) -> None:
             s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)}: on {g_ref.device}'s local time, as in its "
                         f"session of {os.path.basename(ref.paths[0])} ({matched[hit[0]]:.0f} of {len(s.paths)} photos "
                         f"within {format_gap(opts.match_window_s)} of {g_ref.device}'s)")
-
-
-def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | None, opts) -> float | None:
-    """The pixels: the session's photos look more like the GPS photos shot with them than like the same device's
-    GPS photos from elsewhere (over ``SIMILAR_FAR_M`` away): scenes of this place, not of the place it stayed."""
-    if similarity is None:
-        return None
-    idx, gap = g.nearest(s.times - s.offset_s)
-    ok = np.flatnonzero(gap <= opts.match_window_s)
-    if len(ok) < 2:
-        return None
-    centre = np.median(g.lat[idx[ok]]), np.median(g.lon[idx[ok]])
-    far = np.flatnonzero(haversine_m(centre[0], centre[1], g.lat, g.lon) > SIMILAR_FAR_M)
-    far = far[np.linspace(0, len(far) - 1, min(len(far), SIMILAR_SAMPLE)).astype(int)] if len(far) else far
-    matched, baseline = [], []
-    for j in ok[:SIMILAR_SAMPLE].tolist():
-        pairs = [(matched, int(idx[j]))] + [(baseline, int(k)) for k in far.tolist()]
-        for bucket, k in pairs:
-            value = similarity(s.paths[j], g.paths[k])
-            if value is not None:
-                bucket.append(value)
-    if len(matched) < 2 or not baseline:
-        return None
-    return float(np.mean(matched)) - float(np.mean(baseline))
-
-
-def _evidence_at_offset(s: Session, lm, g: Anchors, home: Home, similarity, opts) -> None:
-    """Interleaving (known clocks), landmark agreement, the pixels and home/away at the session's offset."""
-    if s.known:
-        score, matched, _, _ = _scores(s.times, lm, g, SHIFTS_MIN * 60.0, opts)
-        zero = int(np.flatnonzero(SHIFTS_MIN == 0)[0])
-        s.interleave_ok = _clear(SHIFTS_MIN, score, zero, opts)[0]
-        s.offset_support = float(matched[zero])
-        if s.interleave_ok and s.device != g.device:
-            s.detail = (f"with {g.device}: {matched[zero]:.0f} of {len(s.paths)} photos within "
-                        f"{format_gap(opts.match_window_s)} of its photos")
-    else:
-        # a clear winner (alone or over its trip), or its history, with some photos matched; "same place" offsets
-        # are unsure, so their matches say nothing about being together
-        s.interleave_ok = s.offset_support >= 1 and s.offset_kind in ("clear", "trip", "history")
-    agree, disagree = _landmark_counts(s.times, lm, g, np.array([s.offset_s]), opts.max_gap_s,
-                                       opts.max_speed_kmh / 3.6)
-    s.landmark_ok = agree[0] >= 1 and disagree[0] == 0
-    s.similar_gain = _similar(s, g, similarity, opts)
-    s.similar_ok = s.similar_gain is not None and s.similar_gain >= opts.similar_margin
-    firm = s.known or s.offset_kind in ("clear", "trip")
-    s.strong_ok = bool(s.interleave_ok and firm and s.offset_support >= max(opts.min_support, 0.5 * len(s.paths)))
-    idx, gap = g.nearest(s.times - s.offset_s)
-    near = idx[gap <= opts.max_gap_s]
-    s.away = any(not home.contains(g.lat[i], g.lon[i]) for i in set(near.tolist()))
-
-
-def decide_sessions(sessions: list[Session], anchors: dict[str, Anchors], landmarks: dict[str, tuple],
-                    similarity: Callable[[str, str], float] | None, opts: LocateOptions) -> None:
-    """Fill each session's offset, GPS device and together decision (or its note)."""
-    home = Home(list(anchors.values()))
-    lm_by_session, cands_by_session = [], []
-    for s in sessions:
-        lm = [(j, *landmarks[p]) for j, p in enumerate(s.paths) if p in landmarks]
-        cands, mapped = _candidates(s, anchors, opts)
-        s.mapped = mapped
-        lm_by_session.append(lm)
-        cands_by_session.append(cands)
-        if not cands:
-            s.note = "no GPS photos from the device it was with" if mapped else "no photos with GPS in the library"
-        elif s.known:
-            s.offset_s = 0.0
-        else:
-            _estimate_offset(s, lm, cands, opts)
-    _pool_trips(sessions, cands_by_session, opts)
-    _history(sessions, cands_by_session, opts)
-    for i, s in enumerate(sessions):
-        if s.offset_s is None:
-            if not s.note:
-                s.note = "camera clock offset unknown: its photos match no GPS photos clearly at any time zone"
-            continue
-        cands = cands_by_session[i]
-        if s.known:  # the GPS device it interleaves with best
-            best = max(cands, key=lambda g: _scores(s.times, lm_by_session[i], g, np.zeros(1), opts)[0][0])
-        else:
-            best = next(g for g in cands if g.device == s.gps_device)
-        s.gps_device = best.device
-        _evidence_at_offset(s, lm_by_session[i], best, home, similarity, opts)
-    _decide_together(sessions, opts)
-
-
-def _decide_together(sessions: list[Session], opts) -> None:
-    by_device: dict[str, list[Session]] = defaultdict(list)
-    for s in sessions:
-        if s.offset_s is not None:
-            by_device[s.device].append(s)
-    for s in sessions:
-        if s.offset_s is None:
-            continue
-        if s.mapped:
-            s.together, s.corroborated = True, True
-        elif not s.away:
-            s.together = s.interleave_ok or s.landmark_ok or s.similar_ok
-        else:
-            # interleaving alone abroad: only when most of its photos were shot with the GPS device's and the
-            # pixels, when they can judge, do not say its scenes look more like elsewhere
-            against = _pixels_against(s, opts)
-            s.corroborated = s.landmark_ok or (s.interleave_ok and s.similar_ok) or (s.strong_ok and not against)
-            s.together = s.corroborated
-    for s in sessions:  # at home, a device seen with the GPS device at home before: its history is evidence
-        if s.offset_s is not None and not s.together and not s.away and s.offset_support >= 1 \
-                and "same place" not in s.offset_kind:
-            others = [o for o in by_device[s.device] if o is not s and o.together and not o.away
-                      and o.gps_device == s.gps_device]
-            if others:
-                s.together = True
-                s.detail += f"; as in its session of {os.path.basename(others[0].paths[0])} at home"
-    for s in sessions:  # abroad, a device that travelled with the GPS device before (shown by a landmark on an
-        # earlier trip) and whose clock now lines up sharply with it again: its history is evidence (a camera left
-        # at home lines up, if at all, by coincidence: no sharp peak)
-        if s.offset_s is None or s.together or not s.away or not s.interleave_ok:
-            continue
-        if s.similar_gain is not None and s.similar_gain < 0:  # its photos look less like the GPS photos of the
-            continue                                           # hours than like those from elsewhere
-        if not (s.known or s.offset_kind in ("clear", "trip")):
-            continue
-        trips = [o for o in by_device[s.device] if o is not s and o.together and o.away and o.landmark_ok
-                 and o.gps_device == s.gps_device]
-        if trips:
-            s.together = s.corroborated = True
-            s.detail += (f"; it travelled with {s.gps_device} before (its session of "
-                         f"{os.path.basename(trips[0].paths[0])}: a landmark where the GPS photos were)")
-    for _ in range(len(sessions)):  # a trip: adjacent sessions of the same device shown to be there
-        changed = False
-        for device_sessions in by_device.values():
-            device_sessions.sort(key=lambda x: float(x.times[0]))
-            for j, s in enumerate(device_sessions):
-                if s.together or not s.away or _pixels_against(s, opts):
-                    continue
-                for k in range(len(device_sessions)):
-                    if k != j and _adjacent(s, device_sessions[k], opts):
-                        s.together = s.corroborated = changed = True
-                        s.detail += f"; same trip as its session of {os.path.basename(device_sessions[k].paths[0])}"
-                        break
-        if not changed:
-            break
-    for s in sessions:
-        if s.offset_s is not None and not s.together:
-            if s.away:
-                s.note = (f"{s.device} not shown to be with {s.gps_device}, which was away from home then: "
-                          "shooting at the same times alone is not enough (no landmark agreement, no similar scenes)")
-            else:
-                s.note = f"{s.device} not shown to be with {s.gps_device} (no clear overlap of shooting)"
-
-
-def _pixels_against(s: Session, opts) -> bool:
-    """The pixels judged and found the photos shot together no more alike than photos from elsewhere (under half
-    the margin): scenes that do not overlap."""
-    return s.similar_gain is not None and s.similar_gain < opts.similar_margin / 2
-
-
-def _adjacent(s: Session, other: Session, opts) -> bool:
-    if not (other.together and other.corroborated and other.away and other.gps_device == s.gps_device):
-        return False
-    if not s.known and other.grid_min != s.grid_min:
-        return False
-    gap = max(float(other.times[0]) - float(s.times[-1]), float(s.times[0]) - float(other.times[-1]))
-    return gap <= opts.adjacent_gap_s

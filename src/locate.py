@@ -19,7 +19,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .clocks import GRID_MIN, Session, build_sessions, decide_sessions
+from .clocks import GRID_MIN, Session, build_sessions
+from .company import decide_sessions
 from .evidence import PhotoEvidence
 from .geo import distance_m, format_km, haversine_m
 from .landmarks import display_name, landmark_info, landmark_radius_m, place_contradicts
