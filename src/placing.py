@@ -23,7 +23,7 @@ import numpy as np
 
 from .evidence import read_evidence
 from .helpers import atomic_write_bytes
-from .landmarks import DEFAULT_RADIUS_M, NO_LANDMARK, landmark_info
+from .landmarks import DEFAULT_RADIUS_M, NO_LANDMARK, landmark_info, place_contradicts
 from .locate import LandmarkCandidate, LocateOptions, Placement, locate_library
 from .tracks import load_tracks
 
@@ -201,8 +201,11 @@ def pixel_placement(candidate: LandmarkCandidate | None, row: dict) -> Placement
     named = candidate is not None and candidate.confidence >= candidate.threshold
     key = candidate.key if named else None
     if row.get("gps_source") == "exif" and row.get("lat") and row.get("lon"):
-        return Placement(lat=float(row["lat"]), lon=float(row["lon"]), accuracy_m=None, source="camera",
-                         evidence="the photo's own GPS", landmark_key=key)
+        gps = (float(row["lat"]), float(row["lon"]))
+        far = place_contradicts(candidate.name, candidate.confidence, candidate.lat, candidate.lon,
+                                candidate.radius_m, gps) if named else None
+        return Placement(lat=gps[0], lon=gps[1], accuracy_m=None, source="camera", evidence="the photo's own GPS",
+                         landmark_key=None if far else key, note=far or "")
     if named and candidate.lat is not None:
         return Placement(lat=candidate.lat, lon=candidate.lon, accuracy_m=candidate.radius_m, source="landmark",
                          evidence=f"{candidate.name}, confidence {candidate.confidence:.2f}", landmark_key=key)
@@ -256,8 +259,9 @@ def add_placing_arguments(parser) -> None:
                        help="places from GPS, tracks and capture times only: the pixels name no landmark and "
                             "place no photo")
     group.add_argument("--pixels-only", action="store_true",
-                       help="only the pixels and each photo's own GPS, as before the library pass (no evidence "
-                            "is read, no landmark is checked against the photo's GPS)")
+                       help="only the pixels and each photo's own GPS, as before the library pass (no capture "
+                            "times or tracks are read; a landmark far from the photo's own GPS is withheld, as "
+                            "predict does)")
 
 
 def placing_from_args(args) -> PlacingOptions:

@@ -131,12 +131,15 @@ def test_a_landmark_far_from_the_photos_own_gps_is_withheld_and_the_csv_says_why
     # the scan has nothing but its pixels: placed by the landmark, as before, with the landmark's radius
     scan = rows["scan_001.jpg"]
     assert scan["status"] == "ok" and scan["location_source"] == "landmark" and float(scan["accuracy_m"]) > 0
-    # --pixels-only: what tag did before (the pixels and the photo's own GPS, nothing checked)
+    # --pixels-only: the pixels and the photo's own GPS (no capture times): the camera's photos are placed by the
+    # landmark alone, as before; the phone's keep their GPS and lose the landmark it contradicts, as predict does
     pixels = tmp_path / "pixels.csv"
     assert cli(["tag", str(library), "--model", str(models["golden_gate"]), "--out", str(pixels),
                 "--pixels-only"]) == 0
     rows = read_rows(pixels)
-    assert rows["phone/IMG_0001.JPG"]["status"] == "ok" and rows["phone/IMG_0001.JPG"]["gps_source"] == "exif"
+    phone = rows["phone/IMG_0001.JPG"]
+    assert phone["status"] == "no_known_landmark" and phone["gps_source"] == "exif" and phone["lat"]
+    assert phone["location_note"].startswith("landmark withheld: pixels say Golden Gate Bridge")
     assert rows["camera/_MG_001.JPG"]["location_source"] == "landmark"
 
 
