@@ -184,10 +184,11 @@ def place_rows(folder: Path, rows: dict[str, dict], photos: Sequence[Path], clas
     else:
         placements = {name: pixel_placement(candidates[name], rows[name]) for name in decided}
     for name in decided:
-        row = rows[name]
-        before = row.get("status")
+        row, cand = rows[name], candidates[name]
         apply_placement(row, placements[name], classes)
-        summary.withheld += before == "ok" and row["status"] != "ok"
+        # named by the pixels, not kept after the evidence (derived each run: a rerun counts it again)
+        summary.withheld += (cand is not None and cand.confidence >= cand.threshold and row["status"] != "ok"
+                             and (options.locate.use_landmarks or not options.enabled))
         summary.sources[row["location_source"]] = summary.sources.get(row["location_source"], 0) + 1
         notes = evidence[name].notes if name in evidence else []
         if notes:  # absurd values the evidence ignored: said where the user looks for why a photo has no place
@@ -211,6 +212,12 @@ def pixel_placement(candidate: LandmarkCandidate | None, row: dict) -> Placement
                          evidence=f"{candidate.name}, confidence {candidate.confidence:.2f}", landmark_key=key)
     return Placement(lat=None, lon=None, accuracy_m=None, source="none", evidence="", landmark_key=key,
                      note="" if named else "no GPS and no known landmark (pixels only)")
+
+
+def place_changed(before: dict, after: dict) -> bool:
+    """Whether a photo placed by an earlier run now has another place or source (new or removed evidence)."""
+    return bool(before.get("location_source")) and any(
+        (before.get(c) or "") != (after.get(c) or "") for c in ("lat", "lon", "location_source"))
 
 
 def decision_changed(before: dict | None, after: dict) -> bool:

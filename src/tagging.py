@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -30,7 +29,8 @@ from .images import is_candidate_image
 from .metadata import MetadataError, check_exiftool, read_exif_gps, update_metadata
 from .pipeline import DEFAULT_BATCH_SIZE, iter_predictions
 from .placing import (LOCATION_COLUMNS, PlacingOptions, PlacingSummary, add_placing_arguments, decision_changed,
-                      embeddings_path, load_sketches, place_rows, placing_from_args, save_sketches, sketch)
+                      embeddings_path, load_sketches, place_changed, place_rows, placing_from_args, save_sketches,
+                      sketch)
 from .predict import add_model_arguments
 from .recognizer import as_recognizer
 
@@ -218,6 +218,7 @@ class TagSummary:
     changed: list = field(default_factory=list)    # (path, before, after) of decisions that changed
     places_changed: int = 0                        # photos placed before whose place changed (new evidence)
     placing: PlacingSummary = field(default_factory=PlacingSummary)
+    threshold_note: str = ""                       # what decided them: shown with every summary
     redecided: int = 0
     seconds: float = 0.0
 
@@ -267,7 +268,8 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
     relative = {p: p.relative_to(folder).as_posix() for p in photos}
     todo = [p for p in photos if relative[p] not in done]
     todo_set = set(todo)
-    summary = TagSummary(total=len(photos), skipped=len(photos) - len(todo))
+    summary = TagSummary(total=len(photos), skipped=len(photos) - len(todo),
+                         threshold_note=provenance.get("threshold_note", ""))
     summary.redecided = sum(1 for p in todo if relative[p] in previous and previous[relative[p]]["status"] != "error")
     if summary.skipped:
         tqdm.write(f"{summary.skipped} of {len(photos)} photos already tagged in {out} (by the same model, index "
@@ -339,8 +341,7 @@ def tag_folder(folder: str | os.PathLike, model, out: str | os.PathLike, k: int 
             if before is not None and before["status"] != "error":
                 if _verdict(before) != _verdict(row):
                     summary.changed.append((name, _verdict(before), _verdict(row)))
-                summary.places_changed += before.get("location_source", "") != "" and any(
-                    (before.get(c) or "") != (row.get(c) or "") for c in ("lat", "lon", "location_source"))
+                summary.places_changed += place_changed(before, row)
             written = set(row.get("metadata", "").split("+")) - {""}
             if wanted_targets - written or (written and decision_changed(before, row)):
                 apply_metadata(p, row, row.get("metadata", ""))
@@ -373,10 +374,8 @@ def tag_main(args: argparse.Namespace) -> int:
         words = ", ".join(f"{n} {word}" for word, n in sorted(summary.metadata.items()))
         parts.append(f"metadata: {words}" + (f", {summary.metadata_errors} failed" if summary.metadata_errors else ""))
     print("; ".join(parts))
-    try:  # what decided them, with every summary: an uncalibrated threshold says so each time
-        print(f"Threshold: {json.loads(run_info_path(Path(args.out)).read_text(encoding='utf-8'))['threshold_note']}")
-    except (OSError, ValueError, KeyError):
-        pass
+    if summary.threshold_note:  # what decided them, with every summary: an uncalibrated threshold says so each time
+        print(f"Threshold: {summary.threshold_note}")
     print(summary.placing.describe(summary.places_changed))
     if summary.redecided:
         print(f"{summary.redecided} photos decided again (model, landmark index or threshold changed): "

@@ -117,7 +117,10 @@ def test_a_camera_photo_takes_its_place_from_the_phone_photos_around_it_with_acc
 def test_a_landmark_far_from_the_photos_own_gps_is_withheld_and_the_csv_says_why(tmp_path, models):
     library = paris_day(tmp_path / "library")
     out = tmp_path / "tags.csv"
-    tag_folder(library, models["golden_gate"], out, progress=False, placing=TOGETHER)  # "Golden Gate" everywhere
+    first = tag_folder(library, models["golden_gate"], out, progress=False, placing=TOGETHER)  # "Golden Gate" always
+    again = tag_folder(library, models["golden_gate"], out, progress=False, placing=TOGETHER)
+    # the 4 phone photos (their GPS) and the 4 camera photos (their time): withheld, and said so on every run
+    assert first.placing.withheld == again.placing.withheld == 8 and again.tagged == 0
     rows = read_rows(out)
     phone = rows["phone/IMG_0001.JPG"]
     assert phone["status"] == "no_known_landmark" and phone["landmark"] == "no known landmark"
