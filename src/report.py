@@ -114,18 +114,26 @@ def read_tag_rows(path: Path) -> list[dict]:
     return [r for r in rows if r.get("path")]
 
 
+def run_info(csv_path: Path, key: str):
+    """What ``tag`` recorded beside its CSV under ``key`` (``tags.csv.json``, or ``tags.json`` of older runs)."""
+    for record in (csv_path.with_name(csv_path.name + ".json"), csv_path.with_suffix(".json")):
+        try:
+            value = json.loads(record.read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return value
+    return None
+
+
 def photos_folder(csv_path: Path, photos: str | None) -> Path:
     """``--photos``, else the folder ``tag`` recorded beside its CSV (``tags.csv.json`` or ``tags.json``,
     key ``"folder"``)."""
     if photos:
         return Path(photos)
-    for record in (csv_path.with_name(csv_path.name + ".json"), csv_path.with_suffix(".json")):
-        try:
-            folder = json.loads(record.read_text(encoding="utf-8")).get("folder")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if folder:
-            return Path(folder)
+    folder = run_info(csv_path, "folder")
+    if folder:
+        return Path(folder)
     raise ValueError(f"{csv_path}: which folder are its photos in? Give --photos DIR (tag records it in "
                      f"{csv_path.name}.json; there is none)")
 
@@ -133,13 +141,9 @@ def photos_folder(csv_path: Path, photos: str | None) -> Path:
 def threshold_note(csv_path: Path, rows: list[dict]) -> str:
     """How the photos were decided, from what ``tag`` recorded beside its CSV (the threshold and whether it was
     calibrated, on what); the CSV's own threshold column when that record is missing."""
-    for record in (csv_path.with_name(csv_path.name + ".json"), csv_path.with_suffix(".json")):
-        try:
-            note = json.loads(record.read_text(encoding="utf-8")).get("threshold_note")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if note:
-            return note
+    note = run_info(csv_path, "threshold_note")
+    if note:
+        return note
     values = sorted({r.get("threshold") for r in rows if r.get("threshold")})
     return (f"threshold {', '.join(values) or 'unknown'}: how it was chosen was not recorded (tag the photos again "
             f"to record it)")
