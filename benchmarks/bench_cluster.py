@@ -11,6 +11,8 @@ other names when there are fewer), linked into one temporary folder.
 
 * **tag**: :func:`src.tagging.tag_folder` on the folder (decoding threads + 2 ONNX Runtime sessions; the library
   pass that reads the photos' EXIF with ExifTool switched off: the cluster job decides pixels and camera GPS only).
+* **Ray Data alone**: a job of as many rows, joined the same way, with a trivial map and Parquet writes: the floor
+  of any Ray job here (start-up included).
 * **ray N**: :func:`src.cluster.tag_on_ray` with N model replicas (1 thread each) into a new results folder.
   *end to end*: from the call (listing, driver's model load, actors' start, decoding, inference, Parquet, merge into
   ``tags.csv``) to its return; *running*: photos after the first shard / time after it (what a backlog of millions
@@ -34,7 +36,7 @@ from common import SHARED_DATA, format_table, save_results
 
 import pyarrow.parquet as pq  # noqa: E402 - after common (sys.path)
 
-from src.cluster import tag_on_ray  # noqa: E402
+from src.cluster import connect, tag_on_ray  # noqa: E402
 from src.cluster_io import PARTS, RowFormat  # noqa: E402
 from src.tagging import CSV_COLUMNS, read_existing_rows, record_to_row, rows_to_csv, tag_folder  # noqa: E402
 
@@ -133,6 +135,28 @@ def time_ray(folder: Path, model: str, results: Path, address: str, actors: int,
             "errors": summary.errors}
 
 
+def _identity(batch: dict) -> dict:
+    return batch
+
+
+def time_floor(address: str, n: int, out: Path) -> dict:
+    """What Ray Data alone costs a job of ``n`` rows on this cluster: joining it (with the job's runtime
+    environment), worker processes starting, a trivial map and Parquet writes; no photo, no model."""
+    import ray  # noqa: PLC0415 - the cluster extra
+    import ray.data  # noqa: PLC0415 - idem
+
+    started = time.perf_counter()
+    connect(address)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.data.range(n).map_batches(_identity, batch_size=8, num_cpus=1).write_parquet(str(out))
+    finally:
+        ray.shutdown()
+    seconds = time.perf_counter() - started
+    return {"run": "Ray Data alone (no photos, no model)", "photos": n, "seconds": round(seconds, 1),
+            "photos_s": round(n / seconds, 1), "running_photos_s": "", "first_result_s": ""}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="runs/base/transfer_exported.pt")
@@ -151,13 +175,15 @@ def main(argv=None) -> None:
         cluster = LoopbackCluster(args.port, args.cpus_per_node)
         print(f"cluster of 2 nodes on {cluster.address} started in {cluster.start_s:.1f} s; load {load()}",
               flush=True)
-        plan = [("tag", None), ("ray", 1), ("ray", 2), ("tag", None), ("ray", 1), ("ray", 2)]
+        plan = [("tag", None), ("floor", None), ("ray", 1), ("ray", 2)] * 2
         for i, (kind, actors) in enumerate(plan):
             if kind == "tag":
                 row = time_tag(folder, args.model, work / f"tag{i}.csv")
+            elif kind == "floor":
+                row = time_floor(cluster.address, args.photos, work / f"floor{i}")
             else:
                 row = time_ray(folder, args.model, work / f"results{i}", cluster.address, actors, args.batch_size)
-            row["round"] = i // 3 + 1
+            row["round"] = i // 4 + 1
             row["load"] = load()
             rows.append(row)
             print(row, flush=True)

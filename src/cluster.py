@@ -17,7 +17,6 @@ The same decisions as ``tag`` on one machine, on Ray Data (docs/cluster.md):
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import sys
@@ -30,11 +29,10 @@ import numpy as np
 
 from .backends import choose_backend_file
 from .cluster_io import (RESULTS_CSV, Listing, RowFormat, list_source, local_photo, merge_results, new_run_folder,
-                         read_job, read_photo_bytes, read_shards, write_job)
+                         decode_batch, read_job, read_shards, write_job)
 from .helpers import atomic_write_text, ensure_writable_dir, sweep_stale_temporaries
 from .index import index_path_for
-from .metadata import MetadataError, check_exiftool, read_exif_gps, update_metadata
-from .pipeline import decode_for_batch, error_line
+from .metadata import MetadataError, check_exiftool, update_metadata
 from .placing import PlacingOptions, classes_from_rows, place_rows, placing_from_args
 from .recognizer import Recognizer
 
@@ -43,7 +41,7 @@ DONE_STATUSES = ("ok", "no_known_landmark")  # as tag: rows kept on a rerun when
 # batches it held are retried (its actor pools default to max_restarts=-1, max_task_retries=-1), a decoding task
 # whose worker died is retried (Ray's max_retries=3); tests/test_cluster.py kills a replica mid-run.
 PHOTOS_PER_BLOCK = 64  # input rows per decoding task: small enough to spread 1,000 photos over a few nodes
-DECODE_MEMORY = 1 << 30  # per decoding task: its worker (torch, Pillow) holds ~0.5 GB, a photo at the guard 0.3 GB
+DECODE_MEMORY = 512 << 20  # per decoding task: its worker (Ray, Arrow, Pillow; no torch) ~0.2 GB, a photo 0.3 GB
 
 
 @dataclass
@@ -61,33 +59,6 @@ class ClusterSummary:
 # --------------------------------------------------------------------------------------------------------------
 # What runs on the workers
 # --------------------------------------------------------------------------------------------------------------
-
-_FILESYSTEMS: dict = {}  # per worker process: opened object-store filesystems
-
-
-def decode_batch(batch: dict, resize_size: int, crop_size: int) -> dict:
-    """CPU task: ``{"uri", "name"}`` -> ``{"name", "image" uint8 [n, 3, R, R], "error", "lat", "lon"}``; a photo
-    that cannot be read or decoded gets its one-line error and a blank image."""
-    names = [str(n) for n in batch["name"]]
-    images = np.zeros((len(names), 3, resize_size, resize_size), dtype=np.uint8)
-    errors = np.full(len(names), "", dtype=object)
-    lat, lon = np.full(len(names), np.nan), np.full(len(names), np.nan)
-    for i, uri in enumerate(str(u) for u in batch["uri"]):
-        try:
-            if "://" in uri:
-                data = read_photo_bytes(uri, _FILESYSTEMS)
-                images[i] = decode_for_batch(data, resize_size, crop_size, name=uri).numpy()
-                gps = read_exif_gps(io.BytesIO(data))
-            else:  # a local (or shared) path: read exactly as tag reads it
-                images[i] = decode_for_batch(Path(uri), resize_size, crop_size).numpy()
-                gps = read_exif_gps(uri)
-        except Exception as exc:  # every failure of one photo stays with that photo
-            errors[i] = error_line(uri, exc)
-            continue
-        if gps is not None:
-            lat[i], lon[i] = gps
-    return {"name": np.array(names, dtype=object), "image": images, "error": errors, "lat": lat, "lon": lon}
-
 
 class InferActor:
     """One model replica: loads the exported model and its index once (from the bytes the driver sent, so the

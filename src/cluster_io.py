@@ -8,6 +8,7 @@ role; docs/cluster.md).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .helpers import atomic_write_json, atomic_write_text
-from .images import ImageLoadError, is_candidate_image
+from .images import ImageLoadError, decode_for_batch_array, error_line, is_candidate_image
+from .metadata import read_exif_gps
 
 RESULTS_CSV = "tags.csv"   # what ``report`` and ``tag --from-results`` read
 PARTS = "parts"            # Parquet shards: parts/RUN/*.parquet, RUN sortable by time
@@ -151,6 +155,38 @@ def read_photo_bytes(uri: str, filesystems: dict) -> bytes:
         raise
     except Exception as exc:  # missing, forbidden, a network error after the filesystem's own retries
         raise ImageLoadError(uri, f"cannot read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding, on the cluster's CPU workers: nothing here imports torch (a decoding process never loads a model; torch
+# would cost each one seconds at start and half a gigabyte)
+# --------------------------------------------------------------------------------------------------------------
+
+_FILESYSTEMS: dict = {}  # per worker process: opened object-store filesystems
+
+
+def decode_batch(batch: dict, resize_size: int, crop_size: int) -> dict:
+    """CPU task: ``{"uri", "name"}`` -> ``{"name", "image" uint8 [n, 3, R, R], "error", "lat", "lon"}``; a photo
+    that cannot be read or decoded gets its one-line error and a blank image."""
+    names = [str(n) for n in batch["name"]]
+    images = np.zeros((len(names), 3, resize_size, resize_size), dtype=np.uint8)
+    errors = np.full(len(names), "", dtype=object)
+    lat, lon = np.full(len(names), np.nan), np.full(len(names), np.nan)
+    for i, uri in enumerate(str(u) for u in batch["uri"]):
+        try:
+            if "://" in uri:
+                data = read_photo_bytes(uri, _FILESYSTEMS)
+                images[i] = decode_for_batch_array(data, resize_size, crop_size, name=uri)
+                gps = read_exif_gps(io.BytesIO(data))
+            else:  # a local (or shared) path: read exactly as tag reads it
+                images[i] = decode_for_batch_array(Path(uri), resize_size, crop_size)
+                gps = read_exif_gps(uri)
+        except Exception as exc:  # every failure of one photo stays with that photo
+            errors[i] = error_line(uri, exc)
+            continue
+        if gps is not None:
+            lat[i], lon[i] = gps
+    return {"name": np.array(names, dtype=object), "image": images, "error": errors, "lat": lat, "lon": lon}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .distributed import cpu_share, distributed_sampler, is_distributed
 from .download import DataNotFoundError, resolve_data_dir
 from .helpers import atomic_write_json
 from .images import ImageLoadError, is_candidate_image, limit_aspect_ratio, open_image
+from .landmarks import class_display_name  # noqa: F401 - its home is landmarks; imported from here too
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,6 @@ CACHE_DIR_NAME = ".landmark_cache"
 # --------------------------------------------------------------------------------------------------------------
 # Classes, samples, checking the files, the split
 # --------------------------------------------------------------------------------------------------------------
-
-def class_display_name(folder_name: str) -> str:
-    """``"00.Haleakala_National_Park"`` -> ``"Haleakala National Park"``."""
-    name = folder_name
-    head, sep, tail = name.partition(".")
-    if sep and head.isdigit():
-        name = tail
-    return name.replace("_", " ").strip()
-
 
 def list_classes(split_dir: str | os.PathLike) -> list[str]:
     """Class folder names of one split, sorted (``00.`` prefixes make that the course's order)."""

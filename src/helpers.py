@@ -14,10 +14,15 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: the file helpers here serve processes that never run a model (the cluster's
+# decoding tasks, the metadata writer), and importing torch costs them seconds and half a gigabyte
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Exported models and default training outputs; LANDMARK_CHECKPOINTS moves them (the notebook tests use it).
@@ -29,6 +34,7 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
     The environment variable ``LANDMARK_DEVICE`` (e.g. ``cpu``) overrides the automatic choice.
     """
+    import torch  # noqa: PLC0415 - see the imports
     if device is not None:
         return torch.device(device)
     env = os.environ.get("LANDMARK_DEVICE")
@@ -44,6 +50,7 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
 def seed_everything(seed: int = 42) -> None:
     """Seed python, numpy and torch (all devices) in one call."""
+    import torch  # noqa: PLC0415 - see the imports
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -225,6 +232,8 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a truncated file behind (temporary file, fsync, rename)."""
+    import torch  # noqa: PLC0415 - see the imports
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

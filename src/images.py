@@ -10,6 +10,7 @@ import stat
 import threading
 import warnings
 from pathlib import Path
+from typing import List
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -183,3 +184,73 @@ def limit_aspect_ratio(img: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) ->
 
 # Pillow refuses truncated files by default; keep it so (a truncated photo is reported, not half-used).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A photo as the model's input, without torch: the cluster's decoding tasks run this in processes that never load
+# a model; :func:`src.predictor.load_image_tensor` wraps it. The geometry is TorchScript-compatible: the exported
+# module's own resize and crop (``src.predictor.resize_and_center_crop``) call it.
+# --------------------------------------------------------------------------------------------------------------
+
+def _center_offset(excess: int) -> int:
+    """``int(round(excess / 2))`` with Python's round-half-to-even, as torchvision's ``CenterCrop`` computes it."""
+    half = excess // 2
+    if excess % 2 == 1 and half % 2 == 1:
+        half += 1
+    return half
+
+
+def resized_shape(height: int, width: int, resize_size: int) -> List[int]:
+    """Shape after ``transforms.Resize(resize_size)``: shorter side to ``resize_size``, aspect ratio kept."""
+    if height <= width:
+        return [resize_size, (resize_size * width) // height]
+    return [(resize_size * height) // width, resize_size]
+
+
+def square_window(height: int, width: int, crop_size: int) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the square of side ``min(height, width)`` to cut from an image already resized
+    to that shorter side, such that the module's own center crop of ``crop_size`` inside it lands on exactly the
+    pixels its center crop of the whole image would (offsets round half to even, so they do not simply add)."""
+    side = min(height, width)
+    inner = _center_offset(side - crop_size)
+    top = _center_offset(height - crop_size) - inner
+    left = _center_offset(width - crop_size) - inner
+    return top, left, side
+
+
+def load_image_array(source, resize_size: int = 256, name: str | None = None) -> np.ndarray:
+    """A photo file (path or bytes) as a uint8 array ``[3, H, W]`` whose shorter side is ``resize_size``.
+
+    Decoding is :func:`open_image` (any format, EXIF orientation, any mode to RGB, bomb guard; JPEG draft decoding
+    at no less than ``resize_size``), then Pillow's antialiased bilinear resize of the shorter side to
+    ``resize_size``: exactly the first step of the training/test transforms (``transforms.Resize`` on a PIL
+    image), so the exported module, which does not resample an image already at that size, only crops and
+    normalises - what it sees equals what ``get_transforms("test")`` gives. Pillow resizes in 8 bits, quickly and
+    in little memory, whatever the photo's size. Raises ``ImageLoadError`` for bad files.
+    """
+    # An extreme strip is cut to its central part first (as the training transforms do): resizing a 50000x1
+    # strip's shorter side to 256 px would otherwise ask for gigabytes.
+    img = limit_aspect_ratio(open_image(source, name=name, draft_size=resize_size))
+    if min(img.size) != resize_size:
+        height, width = resized_shape(img.height, img.width, resize_size)
+        img = img.resize((width, height), Image.BILINEAR)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy, [H, W, 3]
+    # NumPy's copy, not torch's permute().contiguous(): torch's parallel copy of a photo-sized uint8 tensor takes
+    # ~8 ms with 2 threads (0.1 ms here), a third of tag's decoding time (benchmarks/bench_backends.py)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def decode_for_batch_array(source, resize_size: int, crop_size: int, name: str | None = None) -> np.ndarray:
+    """A photo (path or bytes) as the uint8 ``[3, R, R]`` array a batch stacks (R = ``resize_size``): the square
+    of :func:`load_image_array` in which the exported module's own center crop of ``crop_size`` lands on exactly
+    the pixels it would crop from the photo alone (``src.predictor.prepare_for_batch`` cuts the same square)."""
+    image = load_image_array(source, resize_size, name=name)
+    top, left, side = square_window(image.shape[-2], image.shape[-1], crop_size)
+    return np.ascontiguousarray(image[:, top:top + side, left:left + side])
+
+
+def error_line(path, exc: BaseException) -> str:
+    """One line naming the file and what is wrong with it."""
+    if isinstance(exc, ImageLoadError):
+        return str(exc)
+    return str(ImageLoadError(path, f"{type(exc).__name__}: {exc}"))

@@ -11,7 +11,6 @@ import math
 import re
 from pathlib import Path
 
-from .data import class_display_name
 from .geo import distance_m, format_km
 
 LANDMARKS_FILE = Path(__file__).resolve().parent / "landmarks.json"
@@ -37,6 +36,15 @@ def _by_bare_name() -> dict[str, dict]:
     for key, info in load_landmarks().items():
         table.setdefault(bare_name(key), info)
     return table
+
+
+def class_display_name(folder_name: str) -> str:
+    """``"00.Haleakala_National_Park"`` -> ``"Haleakala National Park"``."""
+    name = folder_name
+    head, sep, tail = name.partition(".")
+    if sep and head.isdigit():
+        name = tail
+    return name.replace("_", " ").strip()
 
 
 def landmark_info(folder_name: str) -> dict | None:

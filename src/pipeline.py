@@ -19,8 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import as_backend, parallel_runners
-from .images import ImageLoadError
-from .predictor import load_image_tensor, prepare_for_batch
+from .images import decode_for_batch_array, error_line  # noqa: F401 - error_line: its callers import it from here
 
 DEFAULT_BATCH_SIZE = 8  # on a CPU, per-photo cost is lowest at small batches (cache); a GPU wants --batch-size 64
 
@@ -41,16 +40,9 @@ class PhotoResult:
         return self.extra
 
 
-def error_line(path, exc: BaseException) -> str:
-    """One line naming the file and what is wrong with it."""
-    if isinstance(exc, ImageLoadError):
-        return str(exc)
-    return str(ImageLoadError(path, f"{type(exc).__name__}: {exc}"))
-
-
 def decode_for_batch(source, resize_size: int, crop_size: int, name: str | None = None) -> torch.Tensor:
-    """A photo (path or bytes) as the uint8 ``[3, R, R]`` tensor a batch stacks (see ``prepare_for_batch``)."""
-    return prepare_for_batch(load_image_tensor(source, resize_size, name=name), resize_size, crop_size)
+    """A photo (path or bytes) as the uint8 ``[3, R, R]`` tensor a batch stacks (see ``decode_for_batch_array``)."""
+    return torch.from_numpy(decode_for_batch_array(source, resize_size, crop_size, name=name))
 
 
 def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:

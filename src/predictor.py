@@ -22,7 +22,7 @@ from torch import nn
 
 from .data_config import DEFAULT_IMG_SIZE, resize_size_for
 from .helpers import CHECKPOINTS_DIR, atomic_path, quiet_torchscript
-from .images import limit_aspect_ratio, open_image
+from .images import _center_offset, load_image_array, open_image, resized_shape, square_window
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +44,6 @@ class ExportedModelError(ValueError):
 # Preprocessing, written once in TorchScript-compatible code: used inside the exported module and, for batches
 # of photos of different sizes, by the tag pipeline before stacking (so both see exactly the same pixels).
 # --------------------------------------------------------------------------------------------------------------
-
-def _center_offset(excess: int) -> int:
-    """``int(round(excess / 2))`` with Python's round-half-to-even, as torchvision's ``CenterCrop`` computes it."""
-    half = excess // 2
-    if excess % 2 == 1 and half % 2 == 1:
-        half += 1
-    return half
-
-
-def resized_shape(height: int, width: int, resize_size: int) -> List[int]:
-    """Shape after ``transforms.Resize(resize_size)``: shorter side to ``resize_size``, aspect ratio kept."""
-    if height <= width:
-        return [resize_size, (resize_size * width) // height]
-    return [(resize_size * height) // width, resize_size]
-
 
 def resize_and_center_crop(x: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
     """``Resize(resize_size, antialias=True)`` then ``CenterCrop(crop_size)`` on float images ``[B, C, H, W]``.
@@ -379,36 +364,10 @@ def optimize_for_cpu(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
 
 
 def load_image_tensor(source, resize_size: int = 256, name: str | None = None) -> torch.Tensor:
-    """A photo file (path or bytes) as a uint8 tensor ``[3, H, W]`` whose shorter side is ``resize_size``.
-
-    Decoding is :func:`src.images.open_image` (any format, EXIF orientation, any mode to RGB, bomb guard; JPEG
-    draft decoding at no less than ``resize_size``), then Pillow's antialiased bilinear resize of the shorter side
-    to ``resize_size``: exactly the first step of the training/test transforms (``transforms.Resize`` on a PIL
-    image), so the exported module, which does not resample an image already at that size, only crops and
-    normalises - what it sees equals what ``get_transforms("test")`` gives. Pillow resizes in 8 bits, quickly and
-    in little memory, whatever the photo's size. Raises ``ImageLoadError`` for bad files.
-    """
-    # An extreme strip is cut to its central part first (as the training transforms do): resizing a 50000x1
-    # strip's shorter side to 256 px would otherwise ask for gigabytes.
-    img = limit_aspect_ratio(open_image(source, name=name, draft_size=resize_size))
-    if min(img.size) != resize_size:
-        height, width = resized_shape(img.height, img.width, resize_size)
-        img = img.resize((width, height), Image.BILINEAR)
-    arr = np.array(img, dtype=np.uint8)  # a writable copy, [H, W, 3]
-    # NumPy's copy, not torch's permute().contiguous(): torch's parallel copy of a photo-sized uint8 tensor takes
-    # ~8 ms with 2 threads (0.1 ms here), a third of tag's decoding time (benchmarks/bench_backends.py)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def square_window(height: int, width: int, crop_size: int) -> tuple[int, int, int]:
-    """``(top, left, side)`` of the square of side ``min(height, width)`` to cut from an image already resized
-    to that shorter side, such that the module's own center crop of ``crop_size`` inside it lands on exactly the
-    pixels its center crop of the whole image would (offsets round half to even, so they do not simply add)."""
-    side = min(height, width)
-    inner = _center_offset(side - crop_size)
-    top = _center_offset(height - crop_size) - inner
-    left = _center_offset(width - crop_size) - inner
-    return top, left, side
+    """A photo file (path or bytes) as a uint8 tensor ``[3, H, W]`` whose shorter side is ``resize_size``:
+    :func:`src.images.load_image_array` (decoding, EXIF orientation, Pillow's resize, as the training/test
+    transforms do) as a tensor. Raises ``ImageLoadError`` for bad files."""
+    return torch.from_numpy(load_image_array(source, resize_size, name=name))
 
 
 def prepare_for_batch(image: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:

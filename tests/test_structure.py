@@ -8,6 +8,9 @@ functions alike, since a function-level import is a dependency all the same, onl
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,18 @@ def test_serving_a_model_never_imports_the_training_engine(module):
     graph = import_graph()
     chains = reachable(graph, module)
     assert "train" not in chains, f"src/{module}.py imports the training engine: {_describe(graph, chains['train'])}"
+
+
+def test_the_clusters_decoding_tasks_never_import_torch():
+    """A decoding process never loads a model: torch would cost each of them seconds at start and ~0.5 GB."""
+    code = ("import sys, numpy as np; from PIL import Image; import src.cluster_io as c; "
+            "Image.new('RGB', (90, 60), (10, 200, 30)).save(sys.argv[1]); "
+            "out = c.decode_batch({'uri': np.array([sys.argv[1]], dtype=object), "
+            "'name': np.array(['p.png'], dtype=object)}, 64, 56); "
+            "assert out['image'].shape == (1, 3, 64, 64) and out['error'][0] == '', out['error']; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-c", code, f"{tmp}/p.png"], cwd=SRC.parent, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"the decoding imported torch modules: {done.stdout.strip()[:300]}"
