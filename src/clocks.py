@@ -60,10 +60,11 @@ class Session:
     landmark_ok: bool = False
     similar_ok: bool = False
     similar_gain: float | None = None        # None: the pixels could not judge (no similarity, too few pairs)
+    similar_se: float = 0.0                  # the gain's standard error
     strong_ok: bool = False                  # a clear offset/peak with most of its photos shot with the GPS device
     mapped: bool = False
     offset_support: float = 0.0              # photos matched at an estimated offset
-    offset_kind: str = ""                    # clear | same place | trip | history
+    offset_kind: str = ""                    # clear | same place | trip | local | history
     spread_m: np.ndarray | None = None       # per photo: how far other plausible offsets put it (added to accuracy)
     detail: str = ""                         # appended to each placed photo's evidence
     note: str = ""                           # why its photos have no place
@@ -194,6 +195,12 @@ def _accept(score: np.ndarray, plain: np.ndarray, times: np.ndarray, g: Anchors,
     if top < opts.min_support:
         return best, "", None
     rivals = np.flatnonzero(score >= top - max(opts.min_margin, 0.25 * top))
+    # the place does not depend on which of them it is, but the clock goes on as the device's history: of the
+    # offsets that fit about as well, the one a person sets (the GPS device's local time, else a zone it used)
+    usual = [int(r) for r in rivals if _usual(GRID_MIN[r], g)]
+    if usual:
+        local = _local_offset(times, g)
+        best = min(usual, key=lambda r: (abs(GRID_MIN[r] - local), -float(score[r])))
     rivals = rivals[rivals != best]
     spread = _spread(times, g, GRID_MIN[best] * 60.0, GRID_MIN[rivals] * 60.0, opts.max_gap_s)
     return (best, "same place", spread) if float(spread.max()) <= AMBIGUOUS_M else (best, "", None)
@@ -211,12 +218,49 @@ def estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
         if how and (best_pick is None or score[best] > best_pick[0]):
             best_pick = (float(score[best]), g, best, matched[best], how, spread)
     if best_pick is not None:
-        _, g, best, n_matched, how, spread = best_pick
-        _set_offset(s, g, int(GRID_MIN[best]), opts)
-        s.offset_support, s.offset_kind, s.spread_m = float(n_matched), how, spread
-        s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} estimated from {n_matched:.0f} of "
+        _adopt(s, best_pick, opts)
+
+
+def _adopt(s: Session, pick, opts) -> None:
+    _, g, best, n_matched, how, spread = pick
+    _set_offset(s, g, int(GRID_MIN[best]), opts)
+    s.offset_support, s.offset_kind, s.spread_m = float(n_matched), how, spread
+    s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} estimated from {n_matched:.0f} of "
                     f"{len(s.paths)} photos within {format_gap(opts.match_window_s)} of {g.device}'s"
-                    + ("" if how == "clear" else " (other offsets put them at the same place)"))
+                    + {"clear": "", "local": f" at its local time (the only zone that matches {n_matched:.0f})"}
+                    .get(how, " (other offsets put them at the same place)"))
+
+
+LOCAL_MIN_MATCHED = 2  # photos that must match at the GPS device's local time when too few for the clear rule
+
+
+def offset_from_local_time(sessions: list[Session], cands_by_session, opts) -> None:
+    """Pass 1c (after its trip and its history): a session still without an offset takes
+    :func:`_local_time_pick`'s, if any."""
+    for i, s in enumerate(sessions):
+        if not s.known and s.grid_min is None and s.scores:
+            pick = _local_time_pick(s, cands_by_session[i], opts)
+            if pick is not None:
+                _adopt(s, pick, opts)
+
+
+def _local_time_pick(s: Session, cands: list[Anchors], opts):
+    """Too few photos for the clear winner rule (2 or 3, say), yet every one of them shot within the match window
+    of a GPS device's photo at that device's local time, the offset a person sets a camera to, and no offset
+    ``RIVAL_MIN`` or more away matching as many and no landmark disagreeing: ``(score, g, index, matched,
+    "local", spread)``, else ``None``. The prior (cameras are set to local time) stands in for the support; whether
+    the device was with the GPS device is still decided in :mod:`src.company` (at home this is enough, away not)."""
+    for g in cands:
+        score, matched, plain = s.scores[g.device]
+        hit = np.flatnonzero(GRID_MIN == _local_offset(s.times, g))
+        if not len(hit):
+            continue
+        k = int(hit[0])
+        far = np.abs(GRID_MIN - GRID_MIN[k]) >= RIVAL_MIN
+        if (matched[k] >= LOCAL_MIN_MATCHED and matched[k] == len(s.times) and plain[k] == matched[k]
+                and float(matched[far].max()) < matched[k]):
+            return float(score[k]), g, k, matched[k], "local", np.zeros(len(s.times))
+    return None
 
 
 def pool_trips(sessions: list[Session], cands_by_session, opts) -> None:
@@ -290,14 +334,22 @@ def offset_from_history(sessions: list[Session], cands_by_session, opts) -> None
     as well as the best one (a camera keeps its clock until someone sets it; ties go to its history)."""
     clear_by_device: dict[str, list[Session]] = defaultdict(list)
     for s in sessions:
-        if not s.known and s.offset_kind == "clear":
+        if not s.known and s.offset_kind in ("clear", "local"):
             clear_by_device[s.device].append(s)
     for i, s in enumerate(sessions):
-        if s.known or s.grid_min is not None or not clear_by_device.get(s.device):
+        if s.known or not clear_by_device.get(s.device) or (s.grid_min is not None and s.offset_kind != "same place"):
             continue
         mid = float(np.median(s.times))
         ref = min(clear_by_device[s.device], key=lambda o: abs(float(np.median(o.times)) - mid))
         k = int(np.flatnonzero(GRID_MIN == ref.grid_min)[0])
+        if s.grid_min is not None:
+            # "same place": among offsets that fit about as well, the clock the device is known to have is no
+            # longer a guess; its matches there count as its history's (the place was not in doubt)
+            score, matched, _ = s.scores[s.gps_device]
+            if s.grid_min == ref.grid_min and matched[k] >= 1:
+                s.offset_kind = "history"
+                s.detail += f"; its clock as in its session of {os.path.basename(ref.paths[0])}"
+            continue
         mid_instant = np.array([mid - ref.grid_min * 60.0])
         for g in sorted(cands_by_session[i], key=lambda a: (a.device != ref.gps_device, -s.scores[a.device][1][k],
                                                             float(a.nearest(mid_instant)[1][0]))):

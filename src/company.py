@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .clocks import (HOME_CELL_DEG, SHIFTS_MIN, SIMILAR_FAR_M, SIMILAR_SAMPLE, Session, clear_peak, estimate_offset,
-                     gps_candidates, landmark_counts, offset_from_history, offset_scores, pool_trips)
+from .clocks import (GRID_MIN, HOME_CELL_DEG, SHIFTS_MIN, SIMILAR_FAR_M, SIMILAR_SAMPLE, Session, _fmt_offset,
+                     _set_offset, clear_peak, estimate_offset, gps_candidates, landmark_counts, offset_from_history,
+                     offset_from_local_time, offset_scores, pool_trips)
 from .geo import haversine_m
 from .neighbours import Anchors, format_gap
 
 if TYPE_CHECKING:
     from .locate import LocateOptions
+
+SIMILAR_Z = 2.0  # standard errors a pixels' verdict against being together must stand clear of its level
 
 
 class Home:
@@ -75,6 +78,10 @@ def _similar(s: Session, g: Anchors, similarity: Callable[[str, str], float] | N
                 bucket.append(value)
     if len(matched) < 2 or not baseline:
         return None
+    # its standard error: the matched pairs are few (often 2), so their mean scatters by about the spread of
+    # single pairs' similarities over sqrt(pairs); the baseline's many pairs add little
+    s.similar_se = float(np.std(np.concatenate([np.subtract(matched, np.mean(matched)),
+                                                np.subtract(baseline, np.mean(baseline))]))) / math.sqrt(len(matched))
     return float(np.mean(matched)) - float(np.mean(baseline))
 
 
@@ -91,7 +98,7 @@ def _evidence_at_offset(s: Session, lm, g: Anchors, home: Home, similarity, opts
     else:
         # a clear winner (alone or over its trip), or its history, with some photos matched; "same place" offsets
         # are unsure, so their matches say nothing about being together
-        s.interleave_ok = s.offset_support >= 1 and s.offset_kind in ("clear", "trip", "history")
+        s.interleave_ok = s.offset_support >= 1 and s.offset_kind in ("clear", "trip", "local", "history")
     agree, disagree = landmark_counts(s.times, lm, g, np.array([s.offset_s]), opts.max_gap_s,
                                        opts.max_speed_kmh / 3.6)
     s.landmark_ok = agree[0] >= 1 and disagree[0] == 0
@@ -122,6 +129,10 @@ def decide_sessions(sessions: list[Session], anchors: dict[str, Anchors], landma
         else:
             estimate_offset(s, lm, cands, opts)
     pool_trips(sessions, cands_by_session, opts)
+    offset_from_trip(sessions, cands_by_session, home, opts)
+    offset_from_history(sessions, cands_by_session, opts)
+    # a device without a clock history: its local-time sessions, then its other sessions from them
+    offset_from_local_time(sessions, cands_by_session, opts)
     offset_from_history(sessions, cands_by_session, opts)
     for i, s in enumerate(sessions):
         if s.offset_s is None:
@@ -135,10 +146,11 @@ def decide_sessions(sessions: list[Session], anchors: dict[str, Anchors], landma
             best = next(g for g in cands if g.device == s.gps_device)
         s.gps_device = best.device
         _evidence_at_offset(s, lm_by_session[i], best, home, similarity, opts)
-    _decide_together(sessions, opts)
+    _decide_together(sessions, opts, lambda a, b: _one_stay(a.times - a.offset_s, b.times - b.offset_s,
+                                                                anchors[b.gps_device], home, opts))
 
 
-def _decide_together(sessions: list[Session], opts) -> None:
+def _decide_together(sessions: list[Session], opts, one_stay: Callable[[Session, Session], bool]) -> None:
     by_device: dict[str, list[Session]] = defaultdict(list)
     for s in sessions:
         if s.offset_s is not None:
@@ -169,8 +181,8 @@ def _decide_together(sessions: list[Session], opts) -> None:
         # at home lines up, if at all, by coincidence: no sharp peak)
         if s.offset_s is None or s.together or not s.away or not s.interleave_ok:
             continue
-        if s.similar_gain is not None and s.similar_gain < 0:  # its photos look less like the GPS photos of the
-            continue                                           # hours than like those from elsewhere
+        if _pixels_below(s, 0.0):  # its photos look measurably less like the GPS photos of the hours than like
+            continue               # those from elsewhere
         if not (s.known or s.offset_kind in ("clear", "trip")):
             continue
         trips = [o for o in by_device[s.device] if o is not s and o.together and o.away and o.landmark_ok
@@ -187,7 +199,7 @@ def _decide_together(sessions: list[Session], opts) -> None:
                 if s.together or not s.away or _pixels_against(s, opts):
                     continue
                 for k in range(len(device_sessions)):
-                    if k != j and _adjacent(s, device_sessions[k], opts):
+                    if k != j and _adjacent(s, device_sessions[k], opts, one_stay):
                         s.together = s.corroborated = changed = True
                         s.detail += f"; same trip as its session of {os.path.basename(device_sessions[k].paths[0])}"
                         break
@@ -202,16 +214,72 @@ def _decide_together(sessions: list[Session], opts) -> None:
                 s.note = f"{s.device} not shown to be with {s.gps_device} (no clear overlap of shooting)"
 
 
+def _pixels_below(s: Session, level: float) -> bool:
+    """The pixels judged and found the photos shot together less alike than ``level`` above photos from elsewhere,
+    measurably: by more than two standard errors (two pairs of unrelated-looking photos are no verdict)."""
+    return s.similar_gain is not None and s.similar_gain + SIMILAR_Z * s.similar_se < level
+
+
 def _pixels_against(s: Session, opts) -> bool:
-    """The pixels judged and found the photos shot together no more alike than photos from elsewhere (under half
-    the margin): scenes that do not overlap."""
-    return s.similar_gain is not None and s.similar_gain < opts.similar_margin / 2
+    """The pixels found the photos shot together no more alike than photos from elsewhere (under half the margin,
+    measurably): scenes that do not overlap."""
+    return _pixels_below(s, opts.similar_margin / 2)
 
 
-def _adjacent(s: Session, other: Session, opts) -> bool:
+def _adjacent(s: Session, other: Session, opts, one_stay) -> bool:
     if not (other.together and other.corroborated and other.away and other.gps_device == s.gps_device):
         return False
     if not s.known and other.grid_min != s.grid_min:
         return False
     gap = max(float(other.times[0]) - float(s.times[-1]), float(s.times[0]) - float(other.times[-1]))
-    return gap <= opts.adjacent_gap_s
+    return gap <= opts.adjacent_gap_s or one_stay(s, other)
+
+
+def _one_stay(a: np.ndarray, b: np.ndarray, g: Anchors, home: Home, opts) -> bool:
+    """Whether two sessions (their instants ``a``, ``b``) lie on one stay away of the GPS device ``g``: its photos
+    from the first session's start to the second's end are all away from home and on one time zone (no way home,
+    no flight to another zone), and together with the sessions' photos they leave no pause over
+    ``adjacent_gap_s`` (a trip day without camera photos does not end the trip; days without any photo do)."""
+    lo_t, hi_t = min(float(a.min()), float(b.min())), max(float(a.max()), float(b.max()))
+    lo, hi = int(np.searchsorted(g.secs, lo_t, side="left")), int(np.searchsorted(g.secs, hi_t, side="right"))
+    if hi <= lo:
+        return False
+    zones = g.offset_min[lo:hi][~np.isnan(g.offset_min[lo:hi])]
+    if len(np.unique(zones)) > 1 or any(home.contains(g.lat[i], g.lon[i]) for i in range(lo, hi)):
+        return False
+    chain = np.sort(np.concatenate([a, b, g.secs[lo:hi]]))
+    return float(np.diff(chain).max(initial=0.0)) <= opts.adjacent_gap_s
+
+
+def offset_from_trip(sessions: list[Session], cands_by_session, home: Home, opts) -> None:
+    """Pass 1b': a session without an offset, or with an unsure one ("same place"), takes the offset of the
+    nearest session of its device with a firm one (clear, or its trip's) when, at that offset, both lie on one
+    stay away of that session's GPS device (:func:`_one_stay`) and its own scores there are within the margin of
+    its best: a camera keeps its clock through a trip, and a stay in one zone gives no reason to set it."""
+    firm: dict[str, list[Session]] = defaultdict(list)
+    for s in sessions:
+        if not s.known and s.offset_kind in ("clear", "trip"):
+            firm[s.device].append(s)
+    for i, s in enumerate(sessions):
+        if s.known or not s.scores or not (s.grid_min is None or s.offset_kind == "same place"):
+            continue
+        mid = float(np.median(s.times))
+        by_device = {g.device: g for g in cands_by_session[i]}
+        for ref in sorted(firm.get(s.device, []), key=lambda o: abs(float(np.median(o.times)) - mid)):
+            g = by_device.get(ref.gps_device)
+            if g is None:
+                continue
+            k = int(np.flatnonzero(GRID_MIN == ref.grid_min)[0])
+            score, matched, _ = s.scores[g.device]
+            top = float(score.max())
+            if score[k] < top - max(opts.min_margin, 0.25 * top):
+                continue
+            if not _one_stay(s.times - ref.grid_min * 60.0, ref.times - ref.offset_s, g, home, opts):
+                continue
+            _set_offset(s, g, ref.grid_min, opts)
+            s.offset_support, s.offset_kind, s.spread_m = float(matched[k]), "trip", None
+            s.detail = (f"{s.device} clock {_fmt_offset(ref.grid_min)} as in its session of "
+                        f"{os.path.basename(ref.paths[0])}, {g.device} staying away in one time zone between them "
+                        f"({matched[k]:.0f} of {len(s.paths)} photos within {format_gap(opts.match_window_s)} of "
+                        f"{g.device}'s)")
+            break
