@@ -377,3 +377,37 @@ def offset_from_history(sessions: list[Session], cands_by_session, opts) -> None
             s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)}: on {g_ref.device}'s local time, as in its "
                         f"session of {os.path.basename(ref.paths[0])} ({matched[hit[0]]:.0f} of {len(s.paths)} photos "
                         f"within {format_gap(opts.match_window_s)} of {g_ref.device}'s)")
+
+
+
+def _clocks_around(s: Session, sessions: list[Session], matched_only: bool) -> list[int]:
+    """The clocks (grid minutes) of its device's nearest sessions before and after ``s`` that have one (and that
+    some GPS photo matched, if ``matched_only``)."""
+    mine = [o for o in sessions if o is not s and o.device == s.device and not o.known and o.grid_min is not None
+            and (o.offset_support >= 1 or not matched_only)]
+    before = [o for o in mine if o.times[-1] < s.times[0]]
+    after = [o for o in mine if o.times[0] > s.times[-1]]
+    return ([max(before, key=lambda o: float(o.times[-1])).grid_min] if before else []) + \
+        ([min(after, key=lambda o: float(o.times[0])).grid_min] if after else [])
+
+
+def clock_settings_s(s: Session, sessions: list[Session], anchors: dict[str, Anchors]) -> np.ndarray:
+    """The offsets (seconds) the clock of ``s`` may have been on, for asking whether its photos could show a far
+    landmark: ``[0]`` for instants; else its own estimated offset, those of its device's nearest sessions before and
+    after it that have one (a camera keeps its clock until someone sets it), and the zones the GPS devices were on
+    during its hours (someone set it on arrival). Every zone only when none of these is known: a clock that none of
+    them explains is a guess, and under a guess a landmark the whereabouts rule out would slip through."""
+    if s.known:
+        return np.zeros(1)
+    found = ({s.grid_min} if s.grid_min is not None else set()) | set(_clocks_around(s, sessions, False))
+    for g in anchors.values():
+        lo, hi = np.searchsorted(g.secs, [s.times.min() - 14 * 3600.0, s.times.max() + 12 * 3600.0])
+        zones = g.offset_min[lo:hi]
+        found.update(int(z) for z in np.unique(zones[~np.isnan(zones)]))
+    return np.array(sorted(found), np.float64) * 60.0 if found else GRID_MIN * 60.0
+
+
+def device_clocks(s: Session, sessions: list[Session]) -> list[int]:
+    """The clocks of the device's nearest sessions before and after ``s`` that a GPS photo matched: between the
+    two, someone set it once at most, so the clock of ``s`` is one of them (or its own)."""
+    return _clocks_around(s, sessions, True)

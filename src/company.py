@@ -103,7 +103,10 @@ def _evidence_at_offset(s: Session, lm, g: Anchors, home: Home, similarity, opts
                                        opts.max_speed_kmh / 3.6)
     s.landmark_ok = agree[0] >= 1 and disagree[0] == 0
     s.similar_gain = _similar(s, g, similarity, opts)
-    s.similar_ok = s.similar_gain is not None and s.similar_gain >= opts.similar_margin
+    # as for the veto: a gain counts only when it stands two standard errors clear of "no more alike than photos
+    # from elsewhere" (two or three pairs, one very alike and one not, are no verdict either way)
+    s.similar_ok = (s.similar_gain is not None and s.similar_gain >= opts.similar_margin
+                    and s.similar_gain - SIMILAR_Z * s.similar_se > 0.0)
     firm = s.known or s.offset_kind in ("clear", "trip")
     s.strong_ok = bool(s.interleave_ok and firm and s.offset_support >= max(opts.min_support, 0.5 * len(s.paths)))
     idx, gap = g.nearest(s.times - s.offset_s)
@@ -166,7 +169,10 @@ def _decide_together(sessions: list[Session], opts, one_stay: Callable[[Session,
             # interleaving alone abroad: only when most of its photos were shot with the GPS device's and the
             # pixels, when they can judge, do not say its scenes look more like elsewhere
             against = _pixels_against(s, opts)
-            s.corroborated = s.landmark_ok or (s.interleave_ok and s.similar_ok) or (s.strong_ok and not against)
+            # "same place": the offset is unsure but not the place; scenes measurably like the phone's there say the
+            # camera was there too (a second camera at home looks like home, not like the phone's trip)
+            s.corroborated = (s.landmark_ok or ((s.interleave_ok or "same place" in s.offset_kind) and s.similar_ok)
+                              or (s.strong_ok and not against))
             s.together = s.corroborated
     for s in sessions:  # at home, a device seen with the GPS device at home before: its history is evidence
         if s.offset_s is not None and not s.together and not s.away and s.offset_support >= 1 \

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .clocks import GRID_MIN, Session, build_sessions
+from .clocks import Session, _fmt_offset, build_sessions, clock_settings_s, device_clocks
 from .company import decide_sessions
 from .evidence import PhotoEvidence
 from .geo import distance_m, format_km, haversine_m
@@ -131,29 +131,34 @@ def _from_pixels(cand: LandmarkCandidate | None, opts: LocateOptions, note: str,
     return p
 
 
-# A photo the time cannot place may still be placed by its landmark alone, unless the GPS photos before and after
-# it say the owner could not have been there then, even by air: then the pixels are wrong, not the whereabouts.
+# A photo the time cannot place may still be placed by its landmark alone, unless the GPS photos (and track points)
+# before and after it say the owner could not have been there then, even by air, at any clock its camera may have
+# been on (:func:`src.clocks.clock_settings_s`): then the pixels are wrong, not the whereabouts.
 TRAVEL_MPS = 111.0                 # 400 km/h door to door: a flight with the airports at both ends
 CONTRADICT_SLACK_M = 50_000.0      # beyond the landmark's radius: the GPS photos' own surroundings
 
 
 class _Whereabouts:
-    """Every GPS photo of the library (all devices), by instant: where the owner was, and when."""
+    """Every GPS photo of the library (all devices) and every point of the GPS tracks, by instant: where the owner
+    was, and when (a track is the owner's whereabouts as much as a GPS photo is)."""
 
-    def __init__(self, anchors: Mapping[str, Anchors]):
-        secs = [a.secs for a in anchors.values()]
-        order = np.argsort(np.concatenate(secs)) if secs else np.zeros(0, np.int64)
-        self.secs = np.concatenate(secs)[order] if secs else np.zeros(0)
-        self.lat = np.concatenate([a.lat for a in anchors.values()])[order] if secs else np.zeros(0)
-        self.lon = np.concatenate([a.lon for a in anchors.values()])[order] if secs else np.zeros(0)
+    def __init__(self, anchors: Mapping[str, Anchors], tracks=None):
+        points = getattr(tracks, "points", None) or []
+        secs = [a.secs for a in anchors.values()] + [np.array([q.t for q in points], np.float64)]
+        lat = [a.lat for a in anchors.values()] + [np.array([q.lat for q in points], np.float64)]
+        lon = [a.lon for a in anchors.values()] + [np.array([q.lon for q in points], np.float64)]
+        all_secs = np.concatenate(secs)
+        order = np.argsort(all_secs, kind="stable")
+        self.secs, self.lat, self.lon = all_secs[order], np.concatenate(lat)[order], np.concatenate(lon)[order]
 
-    def contradiction(self, cand: LandmarkCandidate | None, secs: float, known: bool) -> str:
-        """A note when the owner cannot have been at the landmark at the photo's instant (for an unknown clock:
-        at any instant its clock allows) given the GPS photos just before and after it, else ``""``."""
+    def contradiction(self, cand: LandmarkCandidate | None, secs: float, offsets_s: np.ndarray) -> str:
+        """A note when the owner cannot have been at the landmark at the photo's instant, its clock reading
+        ``secs`` less any of the offsets its clock may have been on (``[0]`` for an instant), given the GPS
+        photos and track points just before and after it, else ``""``."""
         n = len(self.secs)
         if cand is None or cand.lat is None or not n:
             return ""
-        instants = np.array([secs]) if known else secs - GRID_MIN * 60.0
+        instants = secs - np.asarray(offsets_s, np.float64)
         dist = np.maximum(haversine_m(cand.lat, cand.lon, self.lat, self.lon) - cand.radius_m - CONTRADICT_SLACK_M,
                           0.0)
         after = np.searchsorted(self.secs, instants)          # first GPS photo at or after each instant
@@ -164,16 +169,16 @@ class _Whereabouts:
                                    TRAVEL_MPS * (self.secs[np.clip(after, 0, n - 1)] - instants))
         if (ok_before & ok_after).any():
             return ""
-        i = int(np.clip(after[0] if known else after[len(after) // 2], 0, n - 1))
+        i = int(np.clip(after[len(after) // 2], 0, n - 1))
         far = float(haversine_m(cand.lat, cand.lon, self.lat[i], self.lon[i]))
         return (f"landmark withheld: pixels say {cand.name} ({cand.confidence:.2f}) but the GPS photos before and "
                 f"after it leave no time to get there (one is {format_km(far)} from it)")
 
 
 def _from_pixels_checked(cand: LandmarkCandidate | None, opts: LocateOptions, note: str, used: list,
-                         where: _Whereabouts, secs: float, known: bool) -> Placement:
+                         where: _Whereabouts, secs: float, offsets_s: np.ndarray) -> Placement:
     """:func:`_from_pixels` for a photo with a capture time: not where the GPS photos of its hours contradict it."""
-    contradiction = where.contradiction(cand, secs, known) if opts.use_landmarks else ""
+    contradiction = where.contradiction(cand, secs, offsets_s) if opts.use_landmarks else ""
     if contradiction and cand is not None and cand.confidence >= cand.threshold:
         p = Placement(note=f"{note}; {contradiction}" if note else contradiction)
         p.inputs = _digest("pixels-contradicted", used, note, _landmark_digest(cand))
@@ -279,37 +284,64 @@ def locate_library(evidence: Mapping[str, PhotoEvidence], candidates: Mapping[st
                 landmarks[path] = (cand.lat, cand.lon, cand.radius_m)
     sessions = build_sessions(pending, opts.session_gap_s)
     decide_sessions(sessions, anchors, landmarks, sim, opts)
-    where = _Whereabouts(anchors)
+    where = _Whereabouts(anchors, tracks if opts.use_tracks else None)
     for s in sessions:
-        _place_session(s, anchors, candidates, tracks if opts.use_tracks else None, opts, result, where)
+        _place_session(s, anchors, candidates, tracks if opts.use_tracks else None, opts, result, where,
+                       clock_settings_s(s, sessions, anchors), device_clocks(s, sessions))
     for path, note in notes.items():
         result[path] = _from_pixels(candidates.get(path), opts, note, [])
     return result
 
 
+def _track_clock(s: Session, tracks, clocks: list[int]) -> tuple[float, list]:
+    """For a session whose clock is its device's history alone (no GPS photo matched it): the offset (seconds), of
+    its own and ``clocks`` (its device's clocks just before and after it: a camera keeps its clock until someone
+    sets it, once, somewhere between them), that puts the most of its photos on the track, and the track's hits.
+    The history's nearest clock, by time, can be the one set after this session (a trip later on)."""
+    best = None
+    for minutes in [s.grid_min] + [c for c in clocks if c != s.grid_min]:
+        offset = s.offset_s if minutes == s.grid_min else minutes * 60.0
+        hits = [tracks.position_at(datetime.fromtimestamp(float(t) - offset, tz=timezone.utc), offset=timedelta(0))
+                for t in s.times]
+        n = sum(h is not None for h in hits)
+        if best is None or n > best[0]:
+            best = (n, minutes, offset, hits)
+    if best[1] != s.grid_min:
+        s.detail = (f"{s.device} clock {_fmt_offset(best[1])} as in its session just before or after this one: it "
+                    f"puts {best[0]} of {len(s.paths)} photos on the track (none matched a GPS photo)")
+        s.grid_min, s.offset_s = best[1], best[2]
+    return best[2], best[3]
+
+
 def _place_session(s: Session, anchors: dict[str, Anchors], candidates, tracks, opts: LocateOptions,
-                   result: dict[str, Placement], where: _Whereabouts) -> None:
+                   result: dict[str, Placement], where: _Whereabouts, settings_s: np.ndarray,
+                   clocks: list[int]) -> None:
+    hits = [None] * len(s.paths)
+    if tracks is not None and not s.known and s.offset_s is not None:  # a camera clock, its offset estimated
+        if s.offset_support < 1 and s.offset_kind == "history":
+            _, hits = _track_clock(s, tracks, clocks)
+            settings_s = np.union1d(settings_s, [s.grid_min * 60.0])
+        else:
+            hits = [tracks.position_at(datetime.fromtimestamp(float(t) - s.offset_s, tz=timezone.utc),
+                                       offset=timedelta(0)) for t in s.times]
     clock = [] if s.known else [s.device, s.grid_min, round(s.offset_s or 0.0, 1)]
     used = [clock, s.gps_device, bool(s.together)]
     for j, path in enumerate(s.paths):
         cand = candidates.get(path)
-        if tracks is not None and not s.known and s.offset_s is not None:  # a camera clock, its offset estimated
-            instant = datetime.fromtimestamp(float(s.times[j]) - s.offset_s, tz=timezone.utc)
-            hit = tracks.position_at(instant, offset=timedelta(0))
-            if hit is not None:
-                lat, lon, acc, text = hit
-                acc += WALKING_MPS * s.clock_unc_s + (float(s.spread_m[j]) if s.spread_m is not None else 0.0)
-                result[path] = _trusted(path, lat, lon, acc, "track", f"{text}; {s.detail}", cand, opts,
-                                        used + [text])
-                continue
+        hit = hits[j]
+        if hit is not None:
+            lat, lon, acc, text = hit
+            acc += WALKING_MPS * s.clock_unc_s + (float(s.spread_m[j]) if s.spread_m is not None else 0.0)
+            result[path] = _trusted(path, lat, lon, acc, "track", f"{text}; {s.detail}", cand, opts, used + [text])
+            continue
         if not s.together:
-            result[path] = _from_pixels_checked(cand, opts, s.note, used, where, float(s.times[j]), s.known)
+            result[path] = _from_pixels_checked(cand, opts, s.note, used, where, float(s.times[j]), settings_s)
             continue
         g = anchors[s.gps_device]
         est = g.estimate(float(s.times[j]) - s.offset_s, opts.max_gap_s, opts.max_speed_kmh / 3.6, s.clock_unc_s)
         if est is None:
             result[path] = _from_pixels_checked(cand, opts, f"no photo with GPS within {format_gap(opts.max_gap_s)}",
-                                                used, where, float(s.times[j]) - s.offset_s, True)
+                                                used, where, float(s.times[j]) - s.offset_s, np.zeros(1))
         else:
             if s.spread_m is not None and s.spread_m[j] > 0:
                 est.accuracy_m += float(s.spread_m[j])
