@@ -164,6 +164,7 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=6397)
     parser.add_argument("--cpus-per-node", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--name", default="bench_cluster", help="results/NAME.json")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-cluster."))
     rows = []
@@ -205,7 +206,7 @@ def main(argv=None) -> None:
                                 ("running_photos_s", "running photos/s"), ("running_vs_tag", "running vs tag"),
                                 ("first_result_s", "first result s"),
                                 ("load", "load after")])
-    save_results("bench_cluster", "bench_cluster.py", argv, rows, table, load_before=load_before,
+    save_results(args.name, "bench_cluster.py", argv, rows, table, load_before=load_before,
                  load_after=load(), cluster={"nodes": 2, "cpus_per_node": args.cpus_per_node,
                                              "start_s": round(cluster.start_s, 1) if cluster else None},
                  note="head + 1 worker node on one 2-core machine (loopback); no GPU node was available")
