@@ -135,14 +135,17 @@ def connect(address: str) -> bool:
 
 def plan(recognizer_threads: int, actors: int | None) -> dict:
     """How the actor pool is sized: GPUs per actor when the cluster has GPUs (one actor per GPU unless told),
-    else ``actors`` of ``recognizer_threads`` CPUs each (unless told: one per 4 CPUs, the rest decoding)."""
+    else ``actors`` of ``recognizer_threads`` CPUs each (unless told: half the CPUs to the replicas, the rest
+    decoding: a photo costs the model several times what it costs the decoder; bench_cluster: on 4 CPUs 2
+    one-thread replicas ran 1.4-1.6x one, once running)."""
     import ray  # noqa: PLC0415 - only the cluster job needs Ray
 
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     if gpus:
         return {"actors": actors or gpus, "num_gpus": 1, "num_cpus": 1, "device": "cuda", "cpus": cpus, "gpus": gpus}
-    return {"actors": actors or max(1, cpus // 4), "num_gpus": 0, "num_cpus": recognizer_threads, "device": "cpu",
+    share = max(1, cpus // (2 * max(1, recognizer_threads)))
+    return {"actors": actors or share, "num_gpus": 0, "num_cpus": recognizer_threads, "device": "cpu",
             "cpus": cpus, "gpus": 0}
 
 
@@ -325,7 +328,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                              "a running one; DIR may then also be a text file of photo paths/URIs or an object-store "
                              "prefix (s3://..., gs://...), and --out is a results folder (docs/cluster.md)")
     parser.add_argument("--ray-actors", type=int, default=None, metavar="N",
-                        help="model replicas (default: one per GPU, or one per 4 CPUs of the cluster)")
+                        help="model replicas (default: one per GPU, or one per 2 CPUs of the cluster)")
     parser.add_argument("--ray-threads", type=int, default=1, metavar="T",
                         help="ONNX Runtime / torch threads per model replica on a CPU (default 1)")
     parser.add_argument("--from-results", metavar="RESULTS", default=None,
