@@ -146,10 +146,13 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
                           labels if retrieval else np.zeros(0, np.int64), classes,
                           [Path(p).relative_to(data.root).as_posix() for p, _ in samples] if retrieval else [],
                           fingerprint(backend))
-    # Known photos the model did not train on: the validation split (or, after a refit on every photo, all
-    # training photos: optimistic, and said so).
-    known = is_valid if is_valid.any() else np.ones(len(samples), dtype=bool)
-    known_source = "validation photos" if is_valid.any() else "training photos (no validation split: optimistic)"
+    # Known photos the model did not train on: the validation split. After a refit on every photo there are none:
+    # its training photos are all answered right with near-certainty, a confidence fitted on them separates them
+    # from any negative perfectly and puts the threshold near 0 (every photo would get a landmark), so such a
+    # model gets the uncalibrated fallback below, and says so.
+    held_out_known = bool(is_valid.any())
+    known = is_valid if held_out_known else np.ones(len(samples), dtype=bool)
+    known_source = "validation photos" if held_out_known else "training photos (no validation split)"
     ids = np.flatnonzero(known)
     if retrieval:
         # every reference looked at (exact scores of every landmark: the left-out ones below depend on them)
@@ -202,7 +205,7 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
         "everyday": np.round(everyday, 4).tolist(), "unknown_landmarks": np.round(unknown, 4).tolist()}
     calibration["sources"] = {name: int(len(f)) for name, f in sorted(sources.items())}
     neg_all = np.concatenate([everyday, unknown])
-    fittable = 0 < known_right.sum() and len(neg_all)
+    fittable = 0 < known_right.sum() and len(neg_all) and held_out_known
     if folders and fittable:
         model, threshold = fit_open_set(known_features, known_right, sources, max_false_rate, rule)
         calibration["confidence"] = model
@@ -241,10 +244,17 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
                 calibration["confidence_enrolled"] = fit_confidence(
                     np.concatenate([known_features, neg_all])[:, :2],
                     np.r_[known_right, np.zeros(len(neg_all))].astype(float))
-        log.warning("no photos without landmarks to calibrate on (give --negatives DIR or set $%s): the default "
-                    "threshold is the uncalibrated fallback %.2f", NEGATIVES_ENV_VAR, FALLBACK_MIN_PROB)
-        calibration.update(threshold=FALLBACK_MIN_PROB,
-                           threshold_source="uncalibrated fallback (no photos without landmarks)",
+        if not held_out_known:
+            log.warning("%s: the model trained on every photo of it (--valid-size 0), so no photo of a known "
+                        "landmark is left to calibrate on: the default threshold is the uncalibrated fallback %.2f "
+                        "(calibrate with photos it did not train on: python -m src calibrate --model M --data-dir "
+                        "HELD_OUT)", data.root, FALLBACK_MIN_PROB)
+            reason = "the model trained on every photo: none held out to calibrate on"
+        else:
+            log.warning("no photos without landmarks to calibrate on (give --negatives DIR or set $%s): the "
+                        "default threshold is the uncalibrated fallback %.2f", NEGATIVES_ENV_VAR, FALLBACK_MIN_PROB)
+            reason = "no photos without landmarks"
+        calibration.update(threshold=FALLBACK_MIN_PROB, threshold_source=f"uncalibrated fallback ({reason})",
                            held_out_false_rate={}, promise=None, promise_measured=False)
     index.calibration = calibration
     return index

@@ -24,6 +24,7 @@ from src.__main__ import main as cli
 from src.calibrate import calibrate_model
 from src.index import LandmarkIndex, LandmarkIndexError, index_path_for
 from src.openset import (
+    FALLBACK_MIN_PROB,
     auroc,
     choose_threshold,
     confidence,
@@ -495,6 +496,26 @@ def test_a_model_without_embeddings_gets_a_calibrated_threshold_never_zero(tmp_p
     assert recognizer.method == "classifier" and recognizer.calibrated and recognizer.min_prob > 0
     with pytest.raises(LandmarkIndexError, match="gives no embeddings"):
         recognizer.enroll("X", [torch.zeros(3, recognizer.resize_size, recognizer.resize_size, dtype=torch.uint8)])
+
+
+def test_a_model_refit_on_every_photo_gets_the_fallback_not_a_threshold_fitted_on_its_training_photos(
+        tmp_path, tiny_dataset):
+    """After ``--valid-size 0`` no known photo is held out: a confidence fitted on photos the model trained on
+    separated them from every negative and put the threshold near 0 (every photo got a landmark)."""
+    classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model = tmp_path / "refit.pt"
+    export_torchscript(Predictor(net, classes, MEAN, STD, img_size=32, arch="scratch"), model)
+    _, index = calibrate_model(model, tiny_dataset, negatives_folder(tmp_path / "neg"), valid_size=0.0,
+                               progress=False)
+    cal = index.calibration
+    assert cal["threshold"] == FALLBACK_MIN_PROB and cal["promise"] is None and "confidence" not in cal
+    assert cal["threshold_source"].startswith("uncalibrated fallback") and "trained on every photo" in \
+        cal["threshold_source"]
+    assert Recognizer.load(model).min_prob == FALLBACK_MIN_PROB
+    # the same model with a validation split held out is calibrated as before
+    _, index = calibrate_model(model, tiny_dataset, negatives_folder(tmp_path / "neg"), progress=False)
+    assert index.calibration["threshold_source"].startswith("calibrated on")
 
 
 def test_the_app_adds_a_landmark_from_a_few_photos_and_then_recognises_it(calibrated):
