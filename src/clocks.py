@@ -379,7 +379,6 @@ def offset_from_history(sessions: list[Session], cands_by_session, opts) -> None
                         f"within {format_gap(opts.match_window_s)} of {g_ref.device}'s)")
 
 
-
 def _clocks_around(s: Session, sessions: list[Session], matched_only: bool) -> list[int]:
     """The clocks (grid minutes) of its device's nearest sessions before and after ``s`` that have one (and that
     some GPS photo matched, if ``matched_only``)."""

@@ -30,7 +30,7 @@ from .distributed import cpu_share, distributed_sampler, is_distributed
 from .download import DataNotFoundError, resolve_data_dir
 from .helpers import atomic_write_json
 from .images import ImageLoadError, is_candidate_image, limit_aspect_ratio, open_image
-from .landmarks import class_display_name  # noqa: F401 - its home is landmarks; imported from here too
+from .landmarks import class_display_name
 
 log = logging.getLogger(__name__)
 

@@ -293,6 +293,12 @@ def locate_library(evidence: Mapping[str, PhotoEvidence], candidates: Mapping[st
     return result
 
 
+def _track_hits(s: Session, offset_s: float, tracks) -> list:
+    """Each photo's position on the track (or ``None``) with its camera clock ``offset_s`` seconds ahead of UTC."""
+    return [tracks.position_at(datetime.fromtimestamp(float(t) - offset_s, tz=timezone.utc), offset=timedelta(0))
+            for t in s.times]
+
+
 def _track_clock(s: Session, tracks, clocks: list[int]) -> tuple[float, list]:
     """For a session whose clock is its device's history alone (no GPS photo matched it): the offset (seconds), of
     its own and ``clocks`` (its device's clocks just before and after it: a camera keeps its clock until someone
@@ -301,8 +307,7 @@ def _track_clock(s: Session, tracks, clocks: list[int]) -> tuple[float, list]:
     best = None
     for minutes in [s.grid_min] + [c for c in clocks if c != s.grid_min]:
         offset = s.offset_s if minutes == s.grid_min else minutes * 60.0
-        hits = [tracks.position_at(datetime.fromtimestamp(float(t) - offset, tz=timezone.utc), offset=timedelta(0))
-                for t in s.times]
+        hits = _track_hits(s, offset, tracks)
         n = sum(h is not None for h in hits)
         if best is None or n > best[0]:
             best = (n, minutes, offset, hits)
@@ -322,8 +327,7 @@ def _place_session(s: Session, anchors: dict[str, Anchors], candidates, tracks, 
             _, hits = _track_clock(s, tracks, clocks)
             settings_s = np.union1d(settings_s, [s.grid_min * 60.0])
         else:
-            hits = [tracks.position_at(datetime.fromtimestamp(float(t) - s.offset_s, tz=timezone.utc),
-                                       offset=timedelta(0)) for t in s.times]
+            hits = _track_hits(s, s.offset_s, tracks)
     clock = [] if s.known else [s.device, s.grid_min, round(s.offset_s or 0.0, 1)]
     used = [clock, s.gps_device, bool(s.together)]
     for j, path in enumerate(s.paths):

@@ -2,7 +2,7 @@
 passes (Pillow and torch release the GIL). Used by ``tag``, ``evaluate`` and the notebooks' scoring.
 
 Every file is turned into model input the same way as ``predict`` and the app do
-(:func:`src.predictor.load_image_tensor`), so a photo gets the same answer from each. A file that is not a usable
+(:func:`src.images.decode_for_batch_array`), so a photo gets the same answer from each. A file that is not a usable
 photo gets a one-line error naming it and the reason; the others go on.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import as_backend, parallel_runners
-from .images import decode_for_batch_array, error_line  # noqa: F401 - error_line: its callers import it from here
+from .images import decode_for_batch_array, error_line
 
 DEFAULT_BATCH_SIZE = 8  # on a CPU, per-photo cost is lowest at small batches (cache); a GPU wants --batch-size 64
 

@@ -10,9 +10,10 @@ import json
 import sys
 
 from .backends import resolve_device
+from .images import error_line
 from .landmarks import NO_LANDMARK, format_latlon
 from .metadata import read_exif_gps
-from .pipeline import decode_for_batch, error_line
+from .pipeline import decode_for_batch
 from .recognizer import Recognizer, shown_pair
 
 

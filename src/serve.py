@@ -36,8 +36,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .backends import parallel_runners
 from .batching import Batcher, Metrics
-from .images import MAX_IMAGE_PIXELS, ImageLoadError
-from .pipeline import decode_for_batch, error_line
+from .images import MAX_IMAGE_PIXELS, ImageLoadError, error_line
+from .pipeline import decode_for_batch
 from .predict import with_threshold_info
 from .recognizer import Recognizer
 
