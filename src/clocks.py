@@ -119,7 +119,8 @@ def clear_peak(offsets_min: np.ndarray, score: np.ndarray, best: int, opts) -> t
     return top >= opts.min_support and top - max(rival, 0.0) >= max(opts.min_margin, 0.25 * top), rival
 
 
-def _fmt_offset(minutes: float) -> str:
+def fmt_offset(minutes: float) -> str:
+    """A UTC offset in minutes as people write it: ``UTC+05:30``."""
     sign = "+" if minutes >= 0 else "-"
     minutes = abs(round(minutes))
     return f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
@@ -223,9 +224,9 @@ def estimate_offset(s: Session, lm, cands: list[Anchors], opts) -> None:
 
 def _adopt(s: Session, pick, opts) -> None:
     _, g, best, n_matched, how, spread = pick
-    _set_offset(s, g, int(GRID_MIN[best]), opts)
+    set_offset(s, g, int(GRID_MIN[best]), opts)
     s.offset_support, s.offset_kind, s.spread_m = float(n_matched), how, spread
-    s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} estimated from {n_matched:.0f} of "
+    s.detail = (f"{s.device} clock {fmt_offset(s.grid_min)} estimated from {n_matched:.0f} of "
                     f"{len(s.paths)} photos within {format_gap(opts.match_window_s)} of {g.device}'s"
                     + {"clear": "", "local": f" at its local time (the only zone that matches {n_matched:.0f})"}
                     .get(how, " (other offsets put them at the same place)"))
@@ -298,11 +299,11 @@ def pool_trips(sessions: list[Session], cands_by_session, opts) -> None:
                     part = spread[start:start + len(m.times)]
                     start += len(m.times)
                     if m.offset_s is None and own[best] >= own.max() - max(opts.min_margin, 0.25 * own.max()):
-                        _set_offset(m, g, int(GRID_MIN[best]), opts)
+                        set_offset(m, g, int(GRID_MIN[best]), opts)
                         m.offset_support, m.spread_m = float(matched[best]), part
                         m.offset_kind = "trip" if how == "clear" else "trip, same place"
                         n_matched = sum(float(x.scores[g.device][1][best]) for x in members)
-                        m.detail = (f"{m.device} clock {_fmt_offset(m.grid_min)} estimated over its {len(members)} "
+                        m.detail = (f"{m.device} clock {fmt_offset(m.grid_min)} estimated over its {len(members)} "
                                     f"sessions of this trip ({n_matched:.0f} of {len(times)} photos within "
                                     f"{format_gap(opts.match_window_s)} of {g.device}'s)")
                 break
@@ -311,7 +312,7 @@ def pool_trips(sessions: list[Session], cands_by_session, opts) -> None:
 CONSISTENT_RESIDUAL_S = 45.0  # the matched photos' time residuals agree this closely: a measured clock error
 
 
-def _set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
+def set_offset(s: Session, g: Anchors, grid_min: int, opts) -> None:
     """Adopt a grid offset, refined by the median time residual of the matched photos (a clock minutes off)."""
     s.grid_min, s.gps_device, s.clock_unc_s = grid_min, g.device, opts.match_window_s / 2
     offset = grid_min * 60.0
@@ -355,9 +356,9 @@ def offset_from_history(sessions: list[Session], cands_by_session, opts) -> None
                                                             float(a.nearest(mid_instant)[1][0]))):
             score, matched, _ = s.scores[g.device]
             if score[k] >= float(score.max()):
-                _set_offset(s, g, ref.grid_min, opts)
+                set_offset(s, g, ref.grid_min, opts)
                 s.offset_support, s.offset_kind = float(matched[k]), "history"
-                s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)} as in its session of "
+                s.detail = (f"{s.device} clock {fmt_offset(s.grid_min)} as in its session of "
                             f"{os.path.basename(ref.paths[0])} ({matched[k]:.0f} of {len(s.paths)} photos within "
                             f"{format_gap(opts.match_window_s)} of {g.device}'s)")
                 break
@@ -372,9 +373,9 @@ def offset_from_history(sessions: list[Session], cands_by_session, opts) -> None
         hit = np.flatnonzero(GRID_MIN == local)
         score, matched, _ = s.scores[g_ref.device]
         if len(hit) and matched[hit[0]] >= 1 and score[hit[0]] >= float(score.max()):
-            _set_offset(s, g_ref, int(local), opts)
+            set_offset(s, g_ref, int(local), opts)
             s.offset_support, s.offset_kind = float(matched[hit[0]]), "history"
-            s.detail = (f"{s.device} clock {_fmt_offset(s.grid_min)}: on {g_ref.device}'s local time, as in its "
+            s.detail = (f"{s.device} clock {fmt_offset(s.grid_min)}: on {g_ref.device}'s local time, as in its "
                         f"session of {os.path.basename(ref.paths[0])} ({matched[hit[0]]:.0f} of {len(s.paths)} photos "
                         f"within {format_gap(opts.match_window_s)} of {g_ref.device}'s)")
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .clocks import (GRID_MIN, HOME_CELL_DEG, SHIFTS_MIN, SIMILAR_FAR_M, SIMILAR_SAMPLE, Session, _fmt_offset,
-                     _set_offset, clear_peak, estimate_offset, gps_candidates, landmark_counts, offset_from_history,
+from .clocks import (GRID_MIN, HOME_CELL_DEG, SHIFTS_MIN, SIMILAR_FAR_M, SIMILAR_SAMPLE, Session, fmt_offset,
+                     set_offset, clear_peak, estimate_offset, gps_candidates, landmark_counts, offset_from_history,
                      offset_from_local_time, offset_scores, pool_trips)
 from .geo import haversine_m
 from .neighbours import Anchors, format_gap
@@ -282,9 +282,9 @@ def offset_from_trip(sessions: list[Session], cands_by_session, home: Home, opts
                 continue
             if not _one_stay(s.times - ref.grid_min * 60.0, ref.times - ref.offset_s, g, home, opts):
                 continue
-            _set_offset(s, g, ref.grid_min, opts)
+            set_offset(s, g, ref.grid_min, opts)
             s.offset_support, s.offset_kind, s.spread_m = float(matched[k]), "trip", None
-            s.detail = (f"{s.device} clock {_fmt_offset(ref.grid_min)} as in its session of "
+            s.detail = (f"{s.device} clock {fmt_offset(ref.grid_min)} as in its session of "
                         f"{os.path.basename(ref.paths[0])}, {g.device} staying away in one time zone between them "
                         f"({matched[k]:.0f} of {len(s.paths)} photos within {format_gap(opts.match_window_s)} of "
                         f"{g.device}'s)")

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .clocks import Session, _fmt_offset, build_sessions, clock_settings_s, device_clocks
+from .clocks import Session, fmt_offset, build_sessions, clock_settings_s, device_clocks
 from .company import decide_sessions
 from .evidence import PhotoEvidence
 from .geo import distance_m, format_km, haversine_m
@@ -312,7 +312,7 @@ def _track_clock(s: Session, tracks, clocks: list[int]) -> tuple[float, list]:
         if best is None or n > best[0]:
             best = (n, minutes, offset, hits)
     if best[1] != s.grid_min:
-        s.detail = (f"{s.device} clock {_fmt_offset(best[1])} as in its session just before or after this one: it "
+        s.detail = (f"{s.device} clock {fmt_offset(best[1])} as in its session just before or after this one: it "
                     f"puts {best[0]} of {len(s.paths)} photos on the track (none matched a GPS photo)")
         s.grid_min, s.offset_s = best[1], best[2]
     return best[2], best[3]
