@@ -101,6 +101,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def saved_split(ckpt: Mapping) -> tuple[float, int]:
+    """``(valid_size, split seed)`` of the training/validation split a checkpoint was trained on (its saved
+    arguments: ``--valid-size``, ``--split-seed``, else ``--seed``; 0.2 and 42 when it saved none)."""
+    saved = ckpt.get("args") or {}
+    valid_size = float(saved.get("valid_size", 0.2) or 0.0)
+    seed = saved.get("split_seed")
+    if seed is None:
+        seed = saved.get("seed")
+    return valid_size, int(42 if seed is None else seed)
+
+
 def build_model_from_checkpoint(ckpt: Mapping, device: str | torch.device = "cpu") -> nn.Module:
     """The checkpoint's model with its weights, in eval mode (pretrained weights are never downloaded)."""
     kwargs = dict(ckpt.get("model_kwargs") or {})

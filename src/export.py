@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .calibrate import add_calibration_arguments, calibrate_model, describe_calibration, negatives_from_args
-from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint, saved_split
 from .helpers import ensure_writable_dir, file_sha256
 from .onnx_export import export_onnx
 from .predictor import (
@@ -122,10 +122,20 @@ def build_export_index(out: Path, args: argparse.Namespace) -> None:
     Failing here does not undo the export: the file works with the uncalibrated fallback threshold, and one line
     says how to calibrate it.
     """
-    saved = load_checkpoint(args.checkpoint[0]).get("args") or {}
+    checkpoints = [load_checkpoint(path) for path in args.checkpoint]
+    saved = checkpoints[0].get("args") or {}
     data_dir = args.data_dir or saved.get("data_dir")
-    valid_size = args.valid_size if args.valid_size is not None else float(saved.get("valid_size", 0.2) or 0.0)
-    seed = args.seed if args.seed is not None else int(saved.get("seed", 42) or 42)
+    splits = [saved_split(ckpt) for ckpt in checkpoints]
+    valid_size = args.valid_size if args.valid_size is not None else splits[0][0]
+    seed = args.seed if args.seed is not None else splits[0][1]
+    if args.valid_size is None and args.seed is None and len(set(splits)) > 1 and valid_size > 0:
+        # Each member held out other photos: every "validation" photo trained some member, and calibrating on
+        # them would put the threshold far too low (as for a model refit on every photo).
+        print(f"warning: the ensemble's members were trained on different training/validation splits "
+              f"({', '.join(f'--valid-size {v:g} --split-seed {s}' for v, s in splits)}): no photo is held out "
+              f"from all of them, so the threshold cannot be calibrated on its landmarks; train the members with "
+              f"one --split-seed and different --seed")
+        valid_size = 0.0
     try:
         path, index = calibrate_model(out, data_dir, negatives_from_args(args.negatives), valid_size, seed,
                                       args.max_false_rate)

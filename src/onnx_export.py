@@ -73,6 +73,8 @@ class _OnnxPredictor(nn.Module):
         x = _ResizeCenterCropOnnx.apply(x.float() / 255.0, self.resize_size, self.img_size)
         x = (x - self.mean) / self.std
         if self.with_embedding:
+            if callable(getattr(self.model, "probs_and_embedding", None)):  # an ensemble: its own combination
+                return self.model.probs_and_embedding(x)
             features = self.model.backbone(x)
             return F.softmax(self.model.head(features), dim=1), F.normalize(features.float(), dim=1)
         return F.softmax(self.model(x), dim=1)

@@ -9,6 +9,7 @@ final name.
 
 import io
 import logging
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -135,8 +136,20 @@ class EmbeddingPredictor(Predictor):
         return F.softmax(self.model.head(features), dim=1), F.normalize(features.float(), dim=1)
 
 
+class EnsembleEmbeddingPredictor(EmbeddingPredictor):
+    """An :class:`EmbeddingPredictor` around an :class:`EmbeddingEnsemble`: the averaged probabilities and the
+    members' embeddings side by side, from one backbone pass per member."""
+
+    @torch.jit.export
+    def probs_and_embedding(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model.probs_and_embedding(self.preprocess(x))
+
+
 def has_embedding(model: nn.Module) -> bool:
-    """True when ``model`` is ``head(backbone(x))`` with pooled features: it can give embeddings."""
+    """True when ``model`` is ``head(backbone(x))`` with pooled features, or an ensemble of such models: it can
+    give embeddings."""
+    if isinstance(model, Ensemble):
+        return all(has_embedding(member) for member in model.members)
     return isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(getattr(model, "head", None),
                                                                                   nn.Module)
 
@@ -145,6 +158,10 @@ def make_predictor(model: nn.Module, class_names: Sequence[str], mean: Sequence[
                    img_size: int = DEFAULT_IMG_SIZE, arch: str = "") -> Predictor:
     """The right predictor for ``model``: :class:`EmbeddingPredictor` for backbone+head models, else
     :class:`Predictor`."""
+    if isinstance(model, Ensemble) and has_embedding(model):
+        ensemble = model if isinstance(model, EmbeddingEnsemble) else EmbeddingEnsemble(list(model.members))
+        dim = sum(int(getattr(m, "num_features", 0) or 0) for m in ensemble.members)
+        return EnsembleEmbeddingPredictor(ensemble, class_names, mean, std, img_size, arch, embedding_dim=dim)
     if has_embedding(model):
         dim = int(getattr(model, "num_features", 0) or 0)
         return EmbeddingPredictor(model, class_names, mean, std, img_size, arch, embedding_dim=dim)
@@ -170,8 +187,25 @@ class Ensemble(nn.Module):
 
     def scriptable(self, example: torch.Tensor) -> nn.Module:
         """The same ensemble with each member replaced by its ``scriptable(example)`` form where it has one."""
-        return Ensemble([m.scriptable(example) if callable(getattr(m, "scriptable", None)) else m
-                         for m in self.members])
+        return type(self)([m.scriptable(example) if callable(getattr(m, "scriptable", None)) else m
+                           for m in self.members])
+
+
+class EmbeddingEnsemble(Ensemble):
+    """An :class:`Ensemble` of ``head(backbone(x))`` models that also gives an embedding: each member's L2-normalised
+    features side by side, divided by the square root of the number of members, so the embedding has unit length
+    and its cosine similarity to another is the mean of the members' similarities (each member's vote counts
+    equally in the landmark index, as its probabilities do in ``forward``)."""
+
+    @torch.jit.export
+    def probs_and_embedding(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        probs: List[torch.Tensor] = []
+        features: List[torch.Tensor] = []
+        for member in self.members:
+            f = member.backbone(x)
+            probs.append(F.softmax(member.head(f).float(), dim=1))
+            features.append(F.normalize(f.float(), dim=1))
+        return torch.stack(probs).mean(dim=0), torch.cat(features, dim=1) / math.sqrt(float(len(features)))
 
 
 def default_export_path(arch: str) -> Path:
@@ -221,7 +255,7 @@ def _for_export(predictor: Predictor, example: torch.Tensor | None) -> Predictor
     with torch.no_grad():
         inner = scriptable(example)
     if isinstance(predictor, EmbeddingPredictor):
-        return EmbeddingPredictor(inner, predictor.class_names, predictor.mean_values, predictor.std_values,
+        return type(predictor)(inner, predictor.class_names, predictor.mean_values, predictor.std_values,
                                   predictor.img_size, predictor.arch, predictor.embedding_dim)
     return Predictor(inner, predictor.class_names, predictor.mean_values, predictor.std_values, predictor.img_size,
                      predictor.arch)

@@ -81,6 +81,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--cache-images", action=argparse.BooleanOptionalAction, default=True,
       help="decode every photo once and keep it in memory (resized)")
     a("--seed", type=int, default=42)
+    a("--split-seed", type=int, default=None,
+      help="seed of the training/validation split (default: --seed); ensemble members trained with one split "
+           "seed and different --seed share their validation photos, which export then calibrates on")
     a("--limit", type=int, default=-1, help="at most this many photos per split (quick runs)")
     a("--device", default=None, help="cpu, cuda, mps (default: best available; $LANDMARK_DEVICE)")
     a("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
@@ -217,7 +220,7 @@ def run_training(args: argparse.Namespace) -> dict:
     device = local_device(get_device(args.device))  # cuda -> this process's own GPU under torchrun
 
     with local_main_process_first():  # under torchrun one process per machine checks photos, fills caches
-        data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=args.seed)
+        data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=args.seed if args.split_seed is None else args.split_seed)
     model_kwargs = model_kwargs_from_args(args)
     with local_main_process_first():  # ... and downloads pretrained weights
         model = create_model(args.arch, len(data.class_names), **model_kwargs)

@@ -46,7 +46,9 @@ KINDS = {
     "scratch": lambda: tiny_scratch(),
     "transfer": lambda: tiny_transfer(),
     "ensemble": lambda: Ensemble([tiny_transfer(0), tiny_transfer(1)]),
+    "scratch_ensemble": lambda: Ensemble([tiny_scratch(0), tiny_scratch(1)]),
 }
+WITH_EMBEDDING = {"transfer": 12, "ensemble": 24}
 
 
 def export_pair(folder, net: nn.Module, arch: str):
@@ -71,13 +73,13 @@ def test_onnx_file_answers_like_the_torchscript_file(tmp_path, kind):
     assert isinstance(ts, TorchScriptBackend) and isinstance(ox, OnnxBackend)
     assert (ox.class_names, ox.resize_size, ox.img_size, ox.arch) == (ts.class_names, ts.resize_size, ts.img_size,
                                                                       kind)
-    assert ox.has_embedding == ts.has_embedding == (kind == "transfer")
+    assert ox.has_embedding == ts.has_embedding == (kind in WITH_EMBEDDING)
     batch = square_batch(5, ts.resize_size)
     (p_ts, e_ts), (p_ox, e_ox) = ts(batch), ox(batch)
     assert (p_ox - p_ts).abs().max() <= 1e-5
-    if kind == "transfer":
+    if kind in WITH_EMBEDDING:
         assert isinstance(predictor, EmbeddingPredictor)
-        assert e_ox.shape == (5, 12) and (e_ox - e_ts).abs().max() <= 1e-5
+        assert e_ox.shape == (5, WITH_EMBEDDING[kind]) and (e_ox - e_ts).abs().max() <= 1e-5
         assert torch.allclose(e_ox.norm(dim=1), torch.ones(5), atol=1e-5)  # L2-normalised
     else:
         assert e_ox is None and e_ts is None
@@ -86,7 +88,24 @@ def test_onnx_file_answers_like_the_torchscript_file(tmp_path, kind):
     assert json.loads(meta["mean"]) == pytest.approx(MEAN) and json.loads(meta["std"]) == pytest.approx(STD)
     assert (meta["img_size"], meta["resize_size"]) == ("32", str(ts.resize_size))
     assert meta["format"].startswith("landmark-tagger-predictor") and meta["torchscript_sha256"] == file_sha256(pt)
-    assert ("embedding_dim" in meta) == (kind == "transfer")
+    assert ("embedding_dim" in meta) == (kind in WITH_EMBEDDING)
+
+
+def test_an_ensembles_embedding_is_its_members_side_by_side(tmp_path):
+    """Each member's normalised features, divided by sqrt(members): cosine similarities are the mean of the
+    members', and the probabilities the mean of theirs."""
+    members = [tiny_transfer(0), tiny_transfer(1), tiny_transfer(2)]
+    predictor, pt, _ = export_pair(tmp_path, Ensemble(members), "ensemble")
+    batch = square_batch(4, predictor.resize_size, seed=3)
+    singles = [make_predictor(m, CLASSES, MEAN, STD, img_size=32) for m in members]
+    with torch.no_grad():
+        outs = [p.probs_and_embedding(batch) for p in singles]
+    probs, embedding = TorchScriptBackend.load(pt)(batch)
+    assert (probs - torch.stack([p for p, _ in outs]).mean(0)).abs().max() <= 1e-5
+    expected = torch.cat([e for _, e in outs], dim=1) / 3 ** 0.5
+    assert (embedding - expected).abs().max() <= 1e-5
+    sims = embedding @ embedding.T
+    assert (sims - torch.stack([e @ e.T for _, e in outs]).mean(0)).abs().max() <= 1e-5
 
 
 def test_onnx_export_of_a_transfer_model_accepts_any_photo_size(tmp_path):

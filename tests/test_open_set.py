@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -295,20 +296,33 @@ def test_a_fresh_clone_without_shared_photos_calibrates_on_the_photos_it_ships(t
     monkeypatch.delenv("LANDMARK_NEGATIVES")
     monkeypatch.setattr(calibrate_module, "PROJECT_ROOT", tmp_path / "clone")  # no ../shared beside it
     assert calibrate_module.default_negatives_dir() == [calibrate_module.SHIPPED_NEGATIVES]
-    shipped = sorted(calibrate_module.SHIPPED_NEGATIVES.rglob("*.jpg"))
-    assert len(shipped) == 7 and sum(p.stat().st_size for p in shipped) < 10e6
-    listed = (calibrate_module.SHIPPED_NEGATIVES / "sources.csv").read_text()
-    assert all(p.relative_to(calibrate_module.SHIPPED_NEGATIVES).as_posix() in listed for p in shipped)
+    shipped = sorted(p.relative_to(calibrate_module.SHIPPED_NEGATIVES).as_posix()
+                     for p in calibrate_module.SHIPPED_NEGATIVES.rglob("*") if p.is_file()
+                     and p.name not in ("sources.csv", "README.md"))
+    assert sum((calibrate_module.SHIPPED_NEGATIVES / p).stat().st_size for p in shipped) < 10e6
+    with open(calibrate_module.SHIPPED_NEGATIVES / "sources.csv", newline="", encoding="utf-8") as fh:
+        listed = list(csv.DictReader(fh))
+    # every shipped photo is listed once, with its kind (its folder), source repository, path there and licence
+    assert sorted(row["file"] for row in listed) == shipped
+    for row in listed:
+        assert row["file"].endswith(".jpg") and row["file"].split("/")[0] == row["kind"]
+        assert row["repo"] and row["source_path"] and row["licence"].strip()
+    repos = Counter(f"calibration_photos/{row['repo'].rstrip('/').split('/')[-1]}" for row in listed)
+    assert len(repos) >= 2 and len(shipped) >= 7
     classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
     model = export_tiny(tmp_path / "model.pt", classes)
     assert cli(["calibrate", "--model", str(model), "--data-dir", str(tiny_dataset)]) == 0
     printed = capsys.readouterr().out
     cal = Recognizer.load(model).calibration
-    assert cal["sources"] == {"calibration_photos/EasyOCR": 6, "calibration_photos/matplotlib": 1,
-                              "landmarks held out of the index": 6}
-    assert cal["threshold_source"].startswith("calibrated on 7 photos without a known landmark from 2 sources")
+    # one calibration source per repository of sources.csv, each photo whole (no measuring half kept back)
+    assert cal["sources"] == {**repos, "landmarks held out of the index": 6}
+    assert cal["threshold_source"].startswith(f"calibrated on {len(shipped)} photos without a known landmark "
+                                              f"from {len(repos)} sources")
     assert cal["threshold"] != 0.9 and isinstance(cal["promise"], float)
-    assert "calibration_photos/EasyOCR: 6 photos" in printed and "when left out of the fit" in printed
+    assert set(cal["held_out_false_rate"]) == set(cal["sources"])
+    for name, count in repos.items():
+        assert f"  {name}: {count} photos" in printed
+    assert "when left out of the fit" in printed
 
 
 def test_retrieval_confidence_uses_the_classifier_and_enrolled_landmarks_share_the_threshold(calibrated, tmp_path):
@@ -516,6 +530,45 @@ def test_a_model_refit_on_every_photo_gets_the_fallback_not_a_threshold_fitted_o
     # the same model with a validation split held out is calibrated as before
     _, index = calibrate_model(model, tiny_dataset, negatives_folder(tmp_path / "neg"), progress=False)
     assert index.calibration["threshold_source"].startswith("calibrated on")
+
+
+@pytest.mark.parametrize("member_args,calibrated_on_landmarks", [
+    ([{"seed": 42}, {"seed": 1, "split_seed": 42}], True),  # one split, other initialisations
+    ([{"seed": 42}, {"seed": 1}], False),  # each member held out other photos: none is held out from both
+])
+def test_an_ensemble_is_calibrated_on_its_landmarks_only_when_its_members_share_a_validation_split(
+        tmp_path, tiny_dataset, capsys, member_args, calibrated_on_landmarks):
+    """An ensemble of embedding models gets an index like one model; its validation photos must be held out from
+    every member, else the threshold would be fitted on photos some member trained on."""
+    import argparse
+
+    from src.export import build_export_index
+    from src.predictor import Ensemble
+
+    classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
+    checkpoints = []
+    for i, saved in enumerate(member_args):
+        path = tmp_path / f"member{i}.pt"
+        torch.save({"format": "landmark-tagger/1", "arch": "tinycolours", "model_kwargs": {}, "model": {},
+                    "class_names": classes, "mean": MEAN, "std": STD, "img_size": 32, "epoch": 1, "history": [],
+                    "args": {**saved, "valid_size": 0.2, "data_dir": str(tiny_dataset)}}, path)
+        checkpoints.append(str(path))
+    out = tmp_path / "ensemble.pt"
+    ensemble = Ensemble([tiny_transfer(len(classes), 0), tiny_transfer(len(classes), 1)])
+    export_torchscript(make_predictor(ensemble, classes, MEAN, STD, img_size=32, arch="ensemble"), out)
+    args = argparse.Namespace(checkpoint=checkpoints, data_dir=None, valid_size=None, seed=None,
+                              negatives=[str(negatives_folder(tmp_path / "neg"))], max_false_rate=0.02)
+    build_export_index(out, args)
+    printed = capsys.readouterr().out
+    recognizer = Recognizer.load(out)
+    assert recognizer.method == "retrieval" and recognizer.index.dim == 14  # two members' 7 features
+    cal = recognizer.index.calibration
+    if calibrated_on_landmarks:
+        assert cal["known_source"] == "validation photos" and cal["threshold_source"].startswith("calibrated on")
+        assert "different training/validation splits" not in printed
+    else:
+        assert "different training/validation splits" in printed and "--split-seed" in printed
+        assert cal["threshold"] == FALLBACK_MIN_PROB and cal["threshold_source"].startswith("uncalibrated")
 
 
 def test_the_app_adds_a_landmark_from_a_few_photos_and_then_recognises_it(calibrated):

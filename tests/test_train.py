@@ -201,6 +201,23 @@ def test_resume_refuses_to_extend_a_finished_run_and_reports_ignored_arguments(t
     assert "Ignoring" not in capsys.readouterr().err
 
 
+def test_split_seed_fixes_the_validation_photos_whatever_the_seed(tiny_dataset, tmp_path, capsys):
+    """Ensemble members (one --split-seed, other --seed) hold out the same photos, and their checkpoints say which
+    split they trained on, so that export calibrates the ensemble on photos no member saw."""
+    from src.checkpoint import saved_split
+
+    common = ["--epochs", "1", "--data-dir", str(tiny_dataset), "--img-size", "32", "--batch-size", "8",
+              "--workers", "0", "--widths", "8,16,32,32", "--depths", "1,1,1,1"]
+    seen = {}
+    for seed, split in (("1", "7"), ("2", "7"), ("7", None)):
+        out = tmp_path / f"seed{seed}"
+        run_training(_cli_args(*common, "--seed", seed, *(["--split-seed", split] if split else []),
+                               "--out", str(out)))
+        seen[seed] = saved_split(load_checkpoint(out / "best.pt"))
+        assert load_checkpoint(out / "best.pt")["args"]["seed"] == int(seed)
+    assert seen == {"1": (0.2, 7), "2": (0.2, 7), "7": (0.2, 7)}
+
+
 def test_valid_size_zero_trains_on_every_photo_and_keeps_the_last_epoch(tiny_dataset, tmp_path, capsys):
     """A final refit (``--valid-size 0``): nothing to validate on, so best.pt is the last epoch, not the first."""
     out = tmp_path / "refit"
