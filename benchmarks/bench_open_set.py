@@ -92,6 +92,41 @@ def row(name: str, summary: dict, extra: dict | None = None) -> dict:
             "wrong_of_written_1in10": f"{wrong_location_share(summary):.0%}", **(extra or {}), "raw": summary}
 
 
+def enrol_new(args, model_path, backend, index, library, outputs, known_truth, n_known, n_everyday) -> dict:
+    """Enrol the new landmarks (no training) into a copy of the model with ``index``; decide the library again
+    (known test photos, everyday measuring halves, new_landmarks/test); time the forward pass alone on the same
+    photos."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_copy = Path(tmp) / Path(model_path).name
+        shutil.copy(model_path, model_copy)
+        index.save(index_path_for(model_copy))
+        enrolled = Recognizer.load(model_copy)
+        train_paths = [p for p, _ in scan_split(Path(args.new) / "train")]
+        images = [decode_for_batch(p, backend.resize_size, backend.img_size) for p in train_paths]
+        backend(torch.stack(images[:8]))  # warm-up: the first calls optimise the graph
+        backend(torch.stack(images[:8]))
+        started = time.perf_counter()
+        for i in range(0, len(images), 8):
+            backend(torch.stack(images[i:i + 8]))
+        forward_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        added = enroll_folder(enrolled, args.new, "train", read_locations(args.locations), progress=False)
+        enroll_seconds = time.perf_counter() - started
+        enrolled = Recognizer.load(model_copy)  # as a user's next command would see it
+        new_test = [(p, p.parent.name) for p, _ in scan_split(Path(args.new) / "test")]
+        new_outputs = run_outputs(backend, [p for p, _ in new_test])
+        after_truth = [t for _, t in library] + [t for _, t in new_test]
+        summary, _, conf, _ = decide_all(enrolled, outputs + new_outputs, after_truth)
+        given = np.array(conf) >= summary["threshold"]
+        new_known = open_set_summary(*[list(x) for x in decide_all(enrolled, new_outputs,
+                                                                   [t for _, t in new_test])[1:]],
+                                     summary["threshold"])
+        known_after, _, _, _ = decide_all(enrolled, outputs[:n_known], known_truth)
+    return {"added": added, "train_paths": train_paths, "forward_seconds": forward_seconds,
+            "enroll_seconds": enroll_seconds, "summary": summary, "neg_given": given[n_known:n_known + n_everyday],
+            "new_known": new_known, "known_after": known_after}
+
+
 def measuring_halves(folders) -> list[tuple[Path, str, str]]:
     """``(photo, source, kind)`` of each folder's measuring half (no calibration sees it); sources as
     ``python -m src calibrate`` names them (a folder, or one per ``repo`` of its sources.csv)."""
@@ -112,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a second folder of photos without landmarks (sources.csv: one source per repo)")
     parser.add_argument("--locations", default=str(Path(__file__).parent / "data" / "new_landmarks_locations.json"))
     parser.add_argument("--name", default="bench_open_set")
+    parser.add_argument("--compare", nargs="*", default=[],
+                        help="other exported models (e.g. an ensemble) measured the same way with the default "
+                             "calibration, on the same photos in the same run")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     load = os.getloadavg()
@@ -152,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                ("retrieval, fresh clone: shipped photos + held out", Recognizer(backend, indexes["shipped"]), None)]
     sources = sorted(set(source_of))
     kinds = sorted(set(kind_of))
+
+    def per_source(neg_given):
+        return {**{f"src:{s}": f"{neg_given[source_of == s].mean():.1%}" for s in sources},
+                "everyday_given": f"{neg_given.mean():.1%}"}
     rows, kind_rows = [], []
     for name, rec, min_prob in methods:
         summary, predicted, conf, kept = decide_all(rec, outputs, truth, min_prob)
@@ -168,40 +210,33 @@ def main(argv: list[str] | None = None) -> int:
                                              for k in kinds}})
     default = indexes["all"]
 
-    # Enrolment of the new landmarks, no training, into a copy of the model with the default index.
-    with tempfile.TemporaryDirectory() as tmp:
-        model_copy = Path(tmp) / Path(args.model).name
-        shutil.copy(args.model, model_copy)
-        default.save(index_path_for(model_copy))
-        enrolled = Recognizer.load(model_copy)
-        train_paths = [p for p, _ in scan_split(Path(args.new) / "train")]
-        images = [decode_for_batch(p, backend.resize_size, backend.img_size) for p in train_paths]
-        backend(torch.stack(images[:8]))  # warm-up: the first calls optimise the graph
-        backend(torch.stack(images[:8]))
-        started = time.perf_counter()
-        for i in range(0, len(images), 8):
-            backend(torch.stack(images[i:i + 8]))
-        forward_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        added = enroll_folder(enrolled, args.new, "train", read_locations(args.locations), progress=False)
-        enroll_seconds = time.perf_counter() - started
-        enrolled = Recognizer.load(model_copy)  # as a user's next command would see it
-        new_test = [(p, p.parent.name) for p, _ in scan_split(Path(args.new) / "test")]
-        new_outputs = run_outputs(backend, [p for p, _ in new_test])
-        after_library = known + everyday + new_test
-        after_outputs = outputs[:n_known + n_everyday] + new_outputs
-        summary, _, conf, _ = decide_all(enrolled, after_outputs, [t for _, t in after_library])
+    enrol = enrol_new(args, args.model, backend, default, known + everyday, outputs[:n_known + n_everyday],
+                      truth[:n_known], n_known, n_everyday)
+    added, train_paths, new_known, known_after = enrol["added"], enrol["train_paths"], enrol["new_known"], \
+        enrol["known_after"]
+    enroll_seconds, forward_seconds = enrol["enroll_seconds"], enrol["forward_seconds"]
+    rows.append(row("default, after enrolling 5 new landmarks", enrol["summary"], per_source(enrol["neg_given"]) | {
+        "new_given": f"top-1 {new_known['top1_known']:.1%}, right {new_known['known_tagged_right']:.1%}"}))
+    compared = []
+    for other in args.compare:  # another model (an ensemble, ...): its default calibration, on the same photos
+        other_backend = Recognizer.load(other).backend
+        other_outputs = run_outputs(other_backend, [p for p, _ in library])
+        other_index = build_index(other_backend, args.data_dir, folders, max_false_rate=rate)
+        summary, _, conf, _ = decide_all(Recognizer(other_backend, other_index), other_outputs, truth)
         given = np.array(conf) >= summary["threshold"]
-        new_known = open_set_summary(*[list(x) for x in decide_all(enrolled, new_outputs,
-                                                                   [t for _, t in new_test])[1:]],
-                                     summary["threshold"])
-        neg_given = given[n_known:n_known + n_everyday]
-        rows.append(row("default, after enrolling 5 new landmarks", summary,
-                        {**{f"src:{s}": f"{neg_given[source_of == s].mean():.1%}" for s in sources},
-                         "everyday_given": f"{neg_given.mean():.1%}",
-                         "new_given": f"top-1 {new_known['top1_known']:.1%}, "
-                                      f"right {new_known['known_tagged_right']:.1%}"}))
-        known_after, _, _, _ = decide_all(enrolled, outputs[:n_known], truth[:n_known])
+        label = f"{Path(other).parent.name}/{Path(other).name}: every source, 2 % pooled"
+        rows.append(row(label, summary, per_source(given[n_known:n_known + n_everyday]) | {
+            "new_given": f"{given[n_known + n_everyday:].mean():.1%}",
+            "loso": ", ".join(f"{k} {v:.1%}" for k, v in other_index.calibration["held_out_false_rate"].items()),
+            "promise": f"{other_index.calibration['promise']:.1%}"}))
+        other_enrol = enrol_new(args, other, other_backend, other_index, known + everyday,
+                                other_outputs[:n_known + n_everyday], truth[:n_known], n_known, n_everyday)
+        rows.append(row(f"{label}, after enrolling", other_enrol["summary"], per_source(other_enrol["neg_given"]) | {
+            "new_given": f"top-1 {other_enrol['new_known']['top1_known']:.1%}, "
+                         f"right {other_enrol['new_known']['known_tagged_right']:.1%}"}))
+        compared.append({"model": str(other), "forward_vs_default": other_enrol["forward_seconds"] / forward_seconds,
+                         "new_test_top1": other_enrol["new_known"]["top1_known"],
+                         "landmarks13_top1_after": other_enrol["known_after"]["top1_known"]})
     default_row = rows[4]["raw"]
     enrolment = {"landmarks": len(added), "photos": len(train_paths), "enroll_seconds": enroll_seconds,
                  "forward_only_seconds": forward_seconds,
@@ -224,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{forward_seconds / len(train_paths) * 1000:.0f} ms, ratio {enrolment['enroll_vs_forward']:.2f}); "
               f"new_landmarks/test top-1 {new_known['top1_known']:.1%}; landmarks13 test top-1 "
               f"{enrolment['landmarks13_top1_before']:.1%} -> {enrolment['landmarks13_top1_after']:.1%}")
+    for c in compared:
+        table += (f"\n{c['model']}: forward pass {c['forward_vs_default']:.2f}x the default model's time; "
+                  f"new_landmarks/test top-1 after enrolling {c['new_test_top1']:.1%}")
     table += f"\nLoad average at the start {load[0]:.2f}; five calibrations in {calibration_seconds:.0f} s"
     save_results(args.name, "bench_open_set.py", argv, rows, table, enrolment=enrolment, kinds=kind_rows,
+                 compared=compared,
                  library={"known": n_known, "everyday_measure_halves": {s: int((source_of == s).sum())
                                                                         for s in sources},
                           "new_landmarks": len(new_all)}, load_average=list(load),
