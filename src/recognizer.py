@@ -325,7 +325,7 @@ class Recognizer:
     # ---- adding and removing landmarks -----------------------------------------------------------------------
     def _require_index(self) -> LandmarkIndex:
         if self.method != "retrieval":
-            what = "gives no embeddings (a scratch CNN, or an ensemble with one)" if not self.backend.has_embedding else \
+            what = "gives no embeddings (a scratch CNN or an ensemble of them)" if not self.backend.has_embedding else \
                 "has no landmark index yet (make one with: python -m src calibrate --model MODEL)"
             raise LandmarkIndexError(f"{self.model_path}: cannot add or remove landmarks: the model {what}")
         return self.index

@@ -220,7 +220,8 @@ def run_training(args: argparse.Namespace) -> dict:
     device = local_device(get_device(args.device))  # cuda -> this process's own GPU under torchrun
 
     with local_main_process_first():  # under torchrun one process per machine checks photos, fills caches
-        data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=args.seed if args.split_seed is None else args.split_seed)
+        split_seed = args.seed if args.split_seed is None else args.split_seed
+        data = load_landmark_data(args.data_dir, valid_size=args.valid_size, seed=split_seed)
     model_kwargs = model_kwargs_from_args(args)
     with local_main_process_first():  # ... and downloads pretrained weights
         model = create_model(args.arch, len(data.class_names), **model_kwargs)
