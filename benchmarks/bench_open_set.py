@@ -7,7 +7,10 @@ clone ships (``src/calibration_photos`` + landmarks held out). Per source and ki
 given one, on the measuring halves no calibration saw, and (from the calibration) with each source left out of the
 fit. Then enrols the new landmarks without training and measures again.
 
-    python benchmarks/bench_open_set.py --model checkpoints/transfer_exported.pt
+    python benchmarks/bench_open_set.py --model checkpoints/transfer_exported.pt [--compare OTHER.pt ...]
+
+``--compare``: other exported models (an ensemble, ...) measured on the same photos in the same run with the
+default calibration (every source, 2 % pooled), before and after enrolling the new landmarks.
 
 The model must have been exported with its index (``python -m src export`` does it; ``python -m src calibrate``
 for an older file); the indexes compared are rebuilt here from its data set. Only the MEASURING halves of the
