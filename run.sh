@@ -6,7 +6,7 @@
 #   Photos without landmarks for the threshold: $LANDMARK_NEGATIVES, else the few in src/calibration_photos
 #   (LANDMARK_NEGATIVES=none: an uncalibrated fallback threshold, which every decision then says).
 #   The transfer model is an ensemble of MEMBERS (default 3) EfficientNet-Lite0 trained on one training/validation
-#   split with different seeds (MEMBERS=1: one model); it costs 0.73x tag's speed (docs/open_set.md).
+#   split with different seeds (MEMBERS=1: one model); tag runs at 0.73x one model's speed (docs/open_set.md).
 #   A second run skips what is already done; FORCE=1 retrains.
 #   QUICK=1 or --quick: one epoch per model, a smoke run (the models are poor; a later full run retrains them).
 #   NO_APP=1 or --no-app: stop after the summary instead of serving the app (which runs until Ctrl+C).
@@ -22,6 +22,9 @@ for arg in "$@"; do
     esac
 done
 QUICK="${QUICK:-0}"; NO_APP="${NO_APP:-0}"; FORCE="${FORCE:-0}"; MEMBERS="${MEMBERS:-3}"
+case "$MEMBERS" in
+    ''|*[!0-9]*|0) echo "run.sh: MEMBERS must be a whole number of models, 1 or more (got '$MEMBERS')" >&2; exit 2 ;;
+esac
 PY=.venv/bin/python
 STAGES=6
 started=$SECONDS
