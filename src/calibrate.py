@@ -180,7 +180,7 @@ def build_index(backend, data_dir: str | os.PathLike | None, negatives: str | os
     sources = {HELD_OUT_SOURCE: top_features(held_out, held_support)} if len(ids) and len(model_classes) > 1 else {}
     folders = _as_folders(negatives)
     everyday_names: list[str] = []
-    if folders:
+    if folders and held_out_known:  # after a refit on every photo the fallback applies: negatives decide nothing
         by_source = negative_sources(folders)
         neg_paths = [p for paths in by_source.values() for p in paths]
         if not neg_paths:

@@ -524,6 +524,7 @@ def test_a_model_refit_on_every_photo_gets_the_fallback_not_a_threshold_fitted_o
                                progress=False)
     cal = index.calibration
     assert cal["threshold"] == FALLBACK_MIN_PROB and cal["promise"] is None and "confidence" not in cal
+    assert "negatives" not in cal and "neg" not in cal["sources"]  # not run through the model: they decide nothing
     assert cal["threshold_source"].startswith("uncalibrated fallback") and "trained on every photo" in \
         cal["threshold_source"]
     assert Recognizer.load(model).min_prob == FALLBACK_MIN_PROB
