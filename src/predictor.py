@@ -156,8 +156,8 @@ def has_embedding(model: nn.Module) -> bool:
 
 def make_predictor(model: nn.Module, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float],
                    img_size: int = DEFAULT_IMG_SIZE, arch: str = "") -> Predictor:
-    """The right predictor for ``model``: :class:`EmbeddingPredictor` for backbone+head models, else
-    :class:`Predictor`."""
+    """The right predictor for ``model``: :class:`EmbeddingPredictor` for backbone+head models,
+    :class:`EnsembleEmbeddingPredictor` for an ensemble of them, else :class:`Predictor`."""
     if isinstance(model, Ensemble) and has_embedding(model):
         ensemble = model if isinstance(model, EmbeddingEnsemble) else EmbeddingEnsemble(list(model.members))
         dim = sum(int(getattr(m, "num_features", 0) or 0) for m in ensemble.members)
