@@ -95,6 +95,14 @@ def row(name: str, summary: dict, extra: dict | None = None) -> dict:
             "wrong_of_written_1in10": f"{wrong_location_share(summary):.0%}", **(extra or {}), "raw": summary}
 
 
+def promise_columns(calibration: dict) -> dict:
+    """A calibration's leave-one-source-out rates and its promise, as table cells ("-" when it has none)."""
+    held = calibration.get("held_out_false_rate") or {}
+    promise = calibration.get("promise")
+    return {"loso": ", ".join(f"{k} {v:.1%}" for k, v in held.items()) or "-",
+            "promise": f"{promise:.1%}" if promise is not None else "-"}
+
+
 def enrol_new(args, model_path, backend, index, library, outputs, known_truth, n_known, n_everyday) -> dict:
     """Enrol the new landmarks (no training) into a copy of the model with ``index``; decide the library again
     (known test photos, everyday measuring halves, new_landmarks/test); time the forward pass alone on the same
@@ -202,13 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         summary, predicted, conf, kept = decide_all(rec, outputs, truth, min_prob)
         given = np.array(conf) >= summary["threshold"]
         neg_given = given[n_known:n_known + n_everyday]
-        extra = {f"src:{s}": f"{neg_given[source_of == s].mean():.1%}" for s in sources}
-        extra["new_given"] = f"{given[n_known + n_everyday:].mean():.1%}"
-        extra["everyday_given"] = f"{neg_given.mean():.1%}"
-        held = rec.calibration.get("held_out_false_rate") or {}
-        extra["loso"] = ", ".join(f"{k} {v:.1%}" for k, v in held.items()) or "-"
-        extra["promise"] = f"{rec.calibration['promise']:.1%}" if rec.calibration.get("promise") is not None else "-"
-        rows.append(row(name, summary, extra))
+        rows.append(row(name, summary, per_source(neg_given) | promise_columns(rec.calibration) | {
+            "new_given": f"{given[n_known + n_everyday:].mean():.1%}"}))
         kind_rows.append({"method": name, **{k: f"{neg_given[kind_of == k].mean():.1%} ({(kind_of == k).sum()})"
                                              for k in kinds}})
     default = indexes["all"]
@@ -228,10 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         summary, _, conf, _ = decide_all(Recognizer(other_backend, other_index), other_outputs, truth)
         given = np.array(conf) >= summary["threshold"]
         label = f"{Path(other).parent.name}/{Path(other).name}: every source, 2 % pooled"
-        rows.append(row(label, summary, per_source(given[n_known:n_known + n_everyday]) | {
-            "new_given": f"{given[n_known + n_everyday:].mean():.1%}",
-            "loso": ", ".join(f"{k} {v:.1%}" for k, v in other_index.calibration["held_out_false_rate"].items()),
-            "promise": f"{other_index.calibration['promise']:.1%}"}))
+        rows.append(row(label, summary, per_source(given[n_known:n_known + n_everyday]) |
+                        promise_columns(other_index.calibration) |
+                        {"new_given": f"{given[n_known + n_everyday:].mean():.1%}"}))
         other_enrol = enrol_new(args, other, other_backend, other_index, known + everyday,
                                 other_outputs[:n_known + n_everyday], truth[:n_known], n_known, n_everyday)
         rows.append(row(f"{label}, after enrolling", other_enrol["summary"], per_source(other_enrol["neg_given"]) | {

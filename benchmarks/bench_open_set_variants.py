@@ -38,6 +38,7 @@ from src.calibrate import HELD_OUT_SOURCE, source_names
 from src.checkpoint import build_model_from_checkpoint, load_checkpoint, saved_split
 from src.data import load_landmark_data, scan_split
 from src.images import decode_for_batch_array
+from src.index import LandmarkIndex
 from src.openset import (choose_threshold, confidence, fit_confidence, fit_open_set, split_negatives, top_features,
                          without_class)
 
@@ -104,13 +105,12 @@ def model_outputs(path, photos: dict, poolings: bool) -> dict:
     return out
 
 
-def class_scores(queries, refs, ref_labels, n_classes, exclude_self=None, k=3):
-    """The index's score of each class: the mean similarity of its ``k`` nearest references (exact search)."""
-    sims = queries @ refs.T
-    if exclude_self is not None:
-        sims[np.arange(len(queries)), exclude_self] = -9.0
-    return np.stack([np.sort(sims[:, ref_labels == c], axis=1)[:, ::-1][:, :k].mean(axis=1)
-                     for c in range(n_classes)], axis=1)
+def class_scores(queries, refs, ref_labels, n_classes, exclude_self=None):
+    """The index's score of each class (``src.index.LandmarkIndex.class_scores``, every reference looked at);
+    ``exclude_self[i]``: a reference to leave out for query ``i``."""
+    index = LandmarkIndex(refs, ref_labels, [{"class": str(c)} for c in range(n_classes)],
+                          [str(i) for i in range(len(refs))], {"dim": refs.shape[1]})
+    return index.class_scores(queries, exclude=exclude_self, neighbours=len(index))
 
 
 def measure(emb, probs, photos, features=top_features, fit=fit_open_set, draws=5) -> dict:
@@ -142,7 +142,7 @@ def measure(emb, probs, photos, features=top_features, fit=fit_open_set, draws=5
     refs = np.concatenate([emb["train"], emb["new"]])
     labels = np.concatenate([tl, nl + n_classes])
     enrolled = class_scores(emb["new"], refs, labels, n_classes + int(nl.max()) + 1,
-                            exclude_self=len(tl) + np.arange(len(nl)))
+                            exclude_self=list(len(tl) + np.arange(len(nl))))
     return {"top1": float(right.mean()), "tagged_right": float(np.mean(tagged)),
             "tagged_right_draws": [float(t) for t in tagged], "threshold": float(threshold),
             "new_given": float(np.mean(confidence(new_f, model) >= threshold)),
