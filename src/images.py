@@ -192,7 +192,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # module's own resize and crop (``src.predictor.resize_and_center_crop``) call it.
 # --------------------------------------------------------------------------------------------------------------
 
-def _center_offset(excess: int) -> int:
+def center_offset(excess: int) -> int:
     """``int(round(excess / 2))`` with Python's round-half-to-even, as torchvision's ``CenterCrop`` computes it."""
     half = excess // 2
     if excess % 2 == 1 and half % 2 == 1:
@@ -212,9 +212,9 @@ def square_window(height: int, width: int, crop_size: int) -> tuple[int, int, in
     to that shorter side, such that the module's own center crop of ``crop_size`` inside it lands on exactly the
     pixels its center crop of the whole image would (offsets round half to even, so they do not simply add)."""
     side = min(height, width)
-    inner = _center_offset(side - crop_size)
-    top = _center_offset(height - crop_size) - inner
-    left = _center_offset(width - crop_size) - inner
+    inner = center_offset(side - crop_size)
+    top = center_offset(height - crop_size) - inner
+    left = center_offset(width - crop_size) - inner
     return top, left, side
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from .data_config import DEFAULT_IMG_SIZE, resize_size_for
 from .helpers import CHECKPOINTS_DIR, atomic_path, quiet_torchscript
-from .images import _center_offset, load_image_array, open_image, resized_shape, square_window
+from .images import center_offset, load_image_array, open_image, resized_shape, square_window
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def resize_and_center_crop(x: torch.Tensor, resize_size: int, crop_size: int) ->
         pad_h, pad_w = max(crop_size - height, 0), max(crop_size - width, 0)
         x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         height, width = x.shape[-2], x.shape[-1]
-    top = _center_offset(height - crop_size)
-    left = _center_offset(width - crop_size)
+    top = center_offset(height - crop_size)
+    left = center_offset(width - crop_size)
     return x[:, :, top:top + crop_size, left:left + crop_size]
 
 
