@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .clocks import (GRID_MIN, HOME_CELL_DEG, SHIFTS_MIN, SIMILAR_FAR_M, SIMILAR_SAMPLE, Session, fmt_offset,
-                     set_offset, clear_peak, estimate_offset, gps_candidates, landmark_counts, offset_from_history,
-                     offset_from_local_time, offset_scores, pool_trips)
+from .clocks import (GRID_MIN, HOME_CELL_DEG, SHIFTS_MIN, SIMILAR_FAR_M, SIMILAR_SAMPLE, Session, clear_peak,
+                     estimate_offset, fmt_offset, gps_candidates, landmark_counts, offset_from_history,
+                     offset_from_local_time, offset_scores, pool_trips, set_offset)
 from .geo import haversine_m
 from .neighbours import Anchors, format_gap
 

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .clocks import Session, fmt_offset, build_sessions, clock_settings_s, device_clocks
+from .clocks import Session, build_sessions, clock_settings_s, device_clocks, fmt_offset
 from .company import decide_sessions
 from .evidence import PhotoEvidence
 from .geo import distance_m, format_km, haversine_m
